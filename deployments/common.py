@@ -1,0 +1,181 @@
+"""Pieces every model service shares: strict configs, request errors, model sources, device placement.
+
+Nothing here imports torch or Ray at module import time: a service module must import without either running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger("content_studio")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ROOT_ENV = "CONTENT_STUDIO_ROOT"
+
+DevicePreference = Literal["auto", "cpu", "cuda"]
+DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class StrictModel(BaseModel):
+    """Base for configs and schemas: unknown fields are errors, so a typo in YAML or JSON is caught early."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ServiceConfig(StrictModel):
+    """Fields every model service's config has; each service adds its own."""
+
+    model: str = Field(
+        description="Model source: a Hugging Face hub id, a Coqui model name, or a local folder. Relative "
+        "folders resolve against $CONTENT_STUDIO_ROOT (default: the project root).",
+        min_length=1,
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients use in the `model` field and see in /v1/models; defaults to `model`."
+    )
+    device: DevicePreference = Field(
+        "auto", description="`auto`: CUDA when Ray gave this replica a GPU and CUDA works, else CPU."
+    )
+    dtype: DTypeName = Field(
+        "auto", description="Weights dtype. `auto`: float16 on CUDA, float32 on CPU (half precision on CPU is slow)."
+    )
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model
+
+    def check_model(self, requested: str | None) -> None:
+        """A request may name the model it wants; naming another one is a 404, as with OpenAI."""
+        if requested is not None and requested not in (self.name, self.model):
+            raise RequestError(
+                "model", f"model {requested!r} is not served here; this service serves {self.name!r}", 404
+            )
+
+
+class RequestError(ValueError):
+    """A request the model cannot serve as asked; the ingress answers it with 4xx naming ``field``."""
+
+    def __init__(self, field: str, message: str, status_code: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status_code = status_code
+
+    def __reduce__(self):  # keep the fields when Ray pickles the error back to the caller
+        return (type(self), (self.field, self.message, self.status_code))
+
+
+class ServiceNotReady(RuntimeError):
+    """The replica has no model loaded yet (no config was given)."""
+
+
+def resolve_model_source(source: str) -> str:
+    """Return a local folder for ``source`` when one exists, else ``source`` unchanged (a hub id or model name).
+
+    A source written as a path (absolute, ``./``, ``../``, ``~``, or a hidden folder) must exist: a missing local
+    model is a configuration error, not something to look up on a hub.
+    """
+    root = Path(os.environ.get(ROOT_ENV, PROJECT_ROOT))
+    expanded = Path(source).expanduser()
+    candidate = expanded if expanded.is_absolute() else root / expanded
+    if candidate.exists():
+        return str(candidate)
+    looks_like_path = source.startswith(("/", "./", "../", "~", ".")) or source.endswith((".pth", ".json"))
+    if looks_like_path:
+        raise FileNotFoundError(
+            f"model folder {candidate} does not exist; build the tiny models with "
+            f"`python -m scripts.build_tiny_models` or point `model` at a real model"
+        )
+    return source
+
+
+@dataclass
+class Placement:
+    """Where a replica runs, as Ray assigned it; reported in /v1/health."""
+
+    device: str
+    gpu_ids: list[str] = field(default_factory=list)
+    cuda_visible_devices: str | None = None
+    num_cpus: float | None = None
+    torch_threads: int | None = None
+    node_id: str | None = None
+    replica: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ray_context() -> tuple[list[str], dict[str, float], str | None, str | None]:
+    """GPU ids, assigned resources, node id and replica id when running inside a Ray worker."""
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency, but the plain classes do not need it
+        return [], {}, None, None
+    if not ray.is_initialized():
+        return [], {}, None, None
+    ctx = ray.get_runtime_context()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    resources = dict(ctx.get_assigned_resources() or {})
+    replica = None
+    try:
+        from ray import serve
+
+        replica = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # not inside a Serve replica
+        replica = None
+    return gpu_ids, resources, ctx.get_node_id(), replica
+
+
+def resolve_placement(preference: DevicePreference = "auto") -> Placement:
+    """Pick the torch device from what Ray assigned, and size torch's thread pool to the replica's CPU share."""
+    import torch
+
+    gpu_ids, resources, node_id, replica = _ray_context()
+    cuda_ok = torch.cuda.is_available()
+    if preference == "cuda" and not cuda_ok:
+        raise RuntimeError("device is 'cuda' but CUDA is not available on this replica")
+    in_ray = node_id is not None
+    # Inside Ray, a replica uses CUDA only when Ray gave it GPUs; outside Ray (tests, scripts) any visible GPU.
+    use_cuda = preference == "cuda" or (preference == "auto" and cuda_ok and (bool(gpu_ids) or not in_ray))
+    num_cpus = resources.get("CPU")
+    threads = None
+    if num_cpus is not None:
+        threads = max(1, int(num_cpus))
+        torch.set_num_threads(threads)
+    return Placement(
+        device="cuda" if use_cuda else "cpu",
+        gpu_ids=gpu_ids,
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        num_cpus=num_cpus,
+        torch_threads=torch.get_num_threads() if threads is None else threads,
+        node_id=node_id,
+        replica=replica,
+    )
+
+
+def resolve_dtype(name: DTypeName, device: str):
+    """Map a dtype name to torch; half precision is only used on CUDA."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    dtype = getattr(torch, name)
+    if device == "cpu" and dtype == torch.float16:
+        logger.warning("float16 requested on CPU; using float32")
+        return torch.float32
+    return dtype
+
+
+def memory_bytes(device: str) -> int | None:
+    """GPU memory held by torch on this replica (None on CPU)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.memory_allocated())

@@ -1,0 +1,165 @@
+"""Image service: a ``diffusers`` text-to-image pipeline that makes the visuals."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+import threading
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+from ray import serve
+
+from deployments.common import (
+    RequestError,
+    ServiceConfig,
+    StrictModel,
+    memory_bytes,
+    resolve_dtype,
+    resolve_model_source,
+    resolve_placement,
+)
+from deployments.replica import ModelReplica
+
+MAX_PROMPT_CHARS = 2000
+MAX_SIDE = 2048
+
+
+class ImageConfig(ServiceConfig):
+    """Configuration of the image service (its deployment's ``user_config``)."""
+
+    variant: str | None = Field(None, description="Weights variant to load, e.g. `fp16` for hub checkpoints.")
+    default_steps: int = Field(4, ge=1, le=150, description="Denoising steps when the request omits `steps`.")
+    max_steps: int = Field(50, ge=1, le=150, description="Most denoising steps a request may ask for.")
+    default_guidance_scale: float = Field(
+        0.0, ge=0.0, le=30.0, description="Classifier-free guidance when omitted (0 for turbo-class models)."
+    )
+    default_width: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8, description="Width when omitted.")
+    default_height: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8, description="Height when omitted.")
+    max_width: int = Field(1024, ge=8, le=MAX_SIDE, multiple_of=8, description="Largest width allowed.")
+    max_height: int = Field(1024, ge=8, le=MAX_SIDE, multiple_of=8, description="Largest height allowed.")
+    max_images: int = Field(4, ge=1, le=8, description="Most images (`n`) one request may ask for.")
+    health_probe: bool = Field(True, description="Health checks run one tiny denoising step.")
+
+
+class ImageRequest(StrictModel):
+    model: str | None = Field(None, max_length=256, description="Model asked for; must be the one served.")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    steps: int | None = Field(None, ge=1, le=150)
+    guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
+    width: int | None = Field(None, ge=8, le=MAX_SIDE)
+    height: int | None = Field(None, ge=8, le=MAX_SIDE)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    n: int = Field(1, ge=1, le=8)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        # The VAE downsamples by 8; diffusers rejects other sizes deep inside the pipeline.
+        if value is not None and value % 8:
+            raise ValueError("must be a multiple of 8")
+        return value
+
+
+class ImageResult(StrictModel):
+    images: list[bytes] = Field(description="PNG files.")
+    seed: int
+    width: int
+    height: int
+    steps: int
+    model: str
+
+
+class ImageGenerator:
+    """Loads a text-to-image pipeline through ``AutoPipelineForText2Image.from_pretrained`` and renders PNGs."""
+
+    def __init__(self, config: ImageConfig, pipeline: Any = None) -> None:
+        self.config = config
+        self.placement = resolve_placement(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.placement.device)
+        # Pipelines keep scheduler state per call: one generation at a time per replica.
+        self._lock = threading.Lock()
+        if pipeline is None:
+            from diffusers import AutoPipelineForText2Image
+
+            pipeline = AutoPipelineForText2Image.from_pretrained(
+                resolve_model_source(config.model), dtype=self.dtype, variant=config.variant
+            )
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = pipeline.to(self.placement.device)
+
+    def apply_config(self, config: ImageConfig) -> None:
+        self.config = config
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "pipeline": type(self.pipeline).__name__,
+            "gpu_memory_bytes": memory_bytes(self.placement.device),
+        }
+
+    def check_health(self) -> None:
+        if self.config.health_probe:
+            self.generate(ImageRequest(prompt="ok", steps=1, width=64, height=64, seed=0))
+
+    def generate(self, request: ImageRequest) -> ImageResult:
+        import torch
+
+        cfg = self.config
+        cfg.check_model(request.model)
+        steps = request.steps or cfg.default_steps
+        width = request.width or cfg.default_width
+        height = request.height or cfg.default_height
+        guidance = cfg.default_guidance_scale if request.guidance_scale is None else request.guidance_scale
+        for name, value, limit in (
+            ("steps", steps, cfg.max_steps),
+            ("width", width, cfg.max_width),
+            ("height", height, cfg.max_height),
+            ("n", request.n, cfg.max_images),
+        ):
+            if value > limit:
+                raise RequestError(name, f"must be at most {limit} for this model")
+        seed = secrets.randbits(31) if request.seed is None else request.seed
+        # A CPU generator gives the same images for a seed whatever the device.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        with self._lock, torch.inference_mode():
+            output = self.pipeline(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt if guidance > 1.0 else None,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                width=width,
+                height=height,
+                num_images_per_prompt=request.n,
+                generator=generator,
+                output_type="pil",
+            )
+        return ImageResult(
+            images=[_png(img) for img in output.images],
+            seed=seed,
+            width=width,
+            height=height,
+            steps=steps,
+            model=cfg.name,
+        )
+
+
+def _png(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@serve.deployment(name="image")
+class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
+    service: ClassVar[str] = "image"
+    config_cls = ImageConfig
+    reload_fields = frozenset({"model", "device", "dtype", "variant"})
+
+    def build_engine(self, config: ImageConfig) -> ImageGenerator:
+        return ImageGenerator(config)
+
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        return await asyncio.to_thread(self.engine.generate, request)

@@ -1,0 +1,334 @@
+"""Recommendation service: collaborative filtering with ``implicit`` ALS, with popularity for cold users.
+
+The trained model lives in a folder: implicit's own ``als.npz`` (saved and loaded with ``allow_pickle=False``)
+and ``catalog.npz`` with the user and item id maps and the training matrix. Interactions recorded through the
+service go to the recommender's own store (SQLAlchemy; SQLite by default). Every replica reads a user's
+recorded events from that store when it answers, so all replicas agree and a user's new events count at once
+(ALS recomputes the user's factors from their items).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+from ray import serve
+
+from deployments.common import (
+    PROJECT_ROOT,
+    ROOT_ENV,
+    RequestError,
+    ServiceConfig,
+    StrictModel,
+    resolve_model_source,
+    resolve_placement,
+)
+from deployments.replica import ModelReplica
+
+EventType = Literal["view", "like", "listen", "share"]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+MAX_K = 100
+
+
+class RecommendConfig(ServiceConfig):
+    """Configuration of the recommendation service (its deployment's ``user_config``)."""
+
+    store_url: str = Field(
+        "sqlite:///data/recommend.db",
+        description="SQLAlchemy URL of the interaction store; a relative SQLite path resolves against the "
+        "project root ($CONTENT_STUDIO_ROOT).",
+    )
+    event_weights: dict[EventType, float] = Field(
+        default_factory=lambda: {"view": 1.0, "listen": 2.0, "like": 4.0, "share": 6.0},
+        description="Confidence each event type adds to a user-item pair.",
+    )
+    default_k: int = Field(10, ge=1, le=MAX_K, description="Items returned when a request omits `k`.")
+    max_k: int = Field(MAX_K, ge=1, le=MAX_K, description="Most items one request may ask for.")
+
+
+# --- schemas ----------------------------------------------------------------------------------------------
+class InteractionIn(StrictModel):
+    user_id: str = Field(pattern=ID_PATTERN, description="Any user id; new users are welcome.")
+    item_id: str = Field(pattern=ID_PATTERN, description="An item the recommender knows.")
+    event: EventType
+    weight: float | None = Field(None, gt=0.0, le=100.0, description="Overrides the event type's weight.")
+
+
+class RecommendRequest(StrictModel):
+    user_id: str = Field(pattern=ID_PATTERN)
+    k: int | None = Field(None, ge=1, le=MAX_K)
+    exclude_seen: bool = True
+
+
+class SimilarRequest(StrictModel):
+    item_id: str = Field(pattern=ID_PATTERN)
+    k: int | None = Field(None, ge=1, le=MAX_K)
+
+
+class ScoredItem(StrictModel):
+    item_id: str
+    score: float
+    reason: Literal["als", "popular", "similar"]
+
+
+class Recommendations(StrictModel):
+    items: list[ScoredItem]
+
+
+class InteractionAck(StrictModel):
+    accepted: int
+    user_id: str
+    item_id: str
+    weight: float
+
+
+# --- model folder -----------------------------------------------------------------------------------------
+def save_model_dir(out: Path, model: Any, matrix: Any, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+    """Write a trained implicit model and its id maps in the folder layout the service loads."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / "als.npz"))
+    matrix = matrix.tocsr()
+    np.savez(
+        out / "catalog.npz",
+        user_ids=np.asarray(user_ids, dtype=str),
+        item_ids=np.asarray(item_ids, dtype=str),
+        data=matrix.data,
+        indices=matrix.indices,
+        indptr=matrix.indptr,
+        shape=np.asarray(matrix.shape),
+    )
+
+
+def _resolve_store_url(url: str) -> str:
+    """Anchor a relative SQLite path at the project root, like model folders, and create its folder."""
+    import os
+
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == "sqlite:///:memory:":
+        return url
+    path = Path(url[len(prefix) :])
+    if not path.is_absolute():
+        path = Path(os.environ.get(ROOT_ENV, PROJECT_ROOT)) / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return prefix + str(path)
+
+
+class InteractionStore:
+    """Interactions the recommender owns, in any SQLAlchemy database (SQLite by default)."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self.url = _resolve_store_url(url)
+        connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(self.url, connect_args=connect_args)
+        if self.url.startswith("sqlite"):
+
+            @sa.event.listens_for(self.engine, "connect")
+            def _wal(dbapi_conn: Any, _record: Any) -> None:  # concurrent readers while a replica writes
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+        meta = sa.MetaData()
+        self.interactions = sa.Table(
+            "interactions",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("user_id", sa.String(128), nullable=False, index=True),
+            sa.Column("item_id", sa.String(128), nullable=False, index=True),
+            sa.Column("event", sa.String(16), nullable=False),
+            sa.Column("weight", sa.Float, nullable=False),
+            sa.Column("created_at", sa.Float, nullable=False),
+        )
+        meta.create_all(self.engine)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self.interactions.insert(), rows)
+
+    def user_events(self, user_id: str) -> list[tuple[str, float]]:
+        import sqlalchemy as sa
+
+        t = self.interactions
+        query = sa.select(t.c.item_id, sa.func.sum(t.c.weight)).where(t.c.user_id == user_id).group_by(t.c.item_id)
+        with self.engine.connect() as conn:
+            return [(item, float(weight)) for item, weight in conn.execute(query)]
+
+    def item_totals(self) -> dict[str, float]:
+        import sqlalchemy as sa
+
+        t = self.interactions
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.item_id, sa.func.sum(t.c.weight)).group_by(t.c.item_id))
+            return {item: float(weight) for item, weight in rows}
+
+
+# --- engine -----------------------------------------------------------------------------------------------
+class Recommender:
+    """Answers recommendations and similar items from an implicit model; records interactions."""
+
+    def __init__(self, config: RecommendConfig, model: Any = None, catalog: dict[str, Any] | None = None) -> None:
+        import scipy.sparse as sp
+
+        self.config = config
+        self.placement = resolve_placement("cpu")  # the PyPI build of implicit computes on the CPU
+        if model is None or catalog is None:
+            from implicit.cpu.als import AlternatingLeastSquares
+
+            folder = Path(resolve_model_source(config.model))
+            model = AlternatingLeastSquares.load(str(folder / "als.npz"))
+            with np.load(folder / "catalog.npz", allow_pickle=False) as data:
+                catalog = {key: data[key] for key in data.files}
+        self.model = model
+        self.user_ids: list[str] = [str(u) for u in catalog["user_ids"]]
+        self.item_ids: list[str] = [str(i) for i in catalog["item_ids"]]
+        self.user_index = {u: n for n, u in enumerate(self.user_ids)}
+        self.item_index = {i: n for n, i in enumerate(self.item_ids)}
+        self.user_items = sp.csr_matrix(
+            (catalog["data"], catalog["indices"], catalog["indptr"]), shape=tuple(catalog["shape"])
+        )
+        self.store = InteractionStore(config.store_url)
+        self._lock = threading.Lock()  # implicit's recalculate_user is not documented as thread-safe
+        self._popular_cache: tuple[float, list[tuple[str, float]]] | None = None
+
+    def apply_config(self, config: RecommendConfig) -> None:
+        if config.store_url != self.config.store_url:
+            self.store = InteractionStore(config.store_url)
+        self.config = config
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "algorithm": type(self.model).__name__,
+            "factors": int(self.model.factors),
+            "users": len(self.user_ids),
+            "items": len(self.item_ids),
+            "store": self.store.engine.url.render_as_string(hide_password=True),
+        }
+
+    def check_health(self) -> None:
+        self.store.user_events("__health__")
+        if self.item_ids:
+            self.model.similar_items(0, N=1)
+
+    # --- interactions -------------------------------------------------------------------------------------
+    def record(self, events: list[InteractionIn]) -> list[InteractionAck]:
+        unknown = sorted({e.item_id for e in events if e.item_id not in self.item_index})
+        if unknown:
+            raise RequestError("item_id", f"unknown item(s): {', '.join(unknown[:5])}", status_code=404)
+        now = time.time()
+        rows = [
+            {
+                "user_id": e.user_id,
+                "item_id": e.item_id,
+                "event": e.event,
+                "weight": e.weight if e.weight is not None else self.config.event_weights[e.event],
+                "created_at": now,
+            }
+            for e in events
+        ]
+        self.store.add(rows)
+        self._popular_cache = None
+        return [
+            InteractionAck(accepted=1, user_id=r["user_id"], item_id=r["item_id"], weight=r["weight"]) for r in rows
+        ]
+
+    # --- queries ------------------------------------------------------------------------------------------
+    def _k(self, k: int | None) -> int:
+        k = k or self.config.default_k
+        if k > self.config.max_k:
+            raise RequestError("k", f"must be at most {self.config.max_k}")
+        return k
+
+    def _user_row(self, user_id: str):
+        """The user's items: training history plus events recorded since, as one CSR row."""
+        import scipy.sparse as sp
+
+        n_items = len(self.item_ids)
+        idx = self.user_index.get(user_id)
+        row = self.user_items[idx] if idx is not None else sp.csr_matrix((1, n_items), dtype=np.float32)
+        recorded = [(self.item_index[i], w) for i, w in self.store.user_events(user_id) if i in self.item_index]
+        if recorded:
+            cols, vals = zip(*recorded, strict=True)
+            row = row + sp.csr_matrix((vals, ([0] * len(cols), cols)), shape=(1, n_items), dtype=np.float32)
+        return idx, sp.csr_matrix(row, dtype=np.float32), bool(recorded)
+
+    def popular(self) -> list[tuple[str, float]]:
+        """Items by total engagement (training data plus recorded events), cached until the next event."""
+        cache = self._popular_cache
+        if cache is not None and time.monotonic() - cache[0] < 30:
+            return cache[1]
+        totals = np.asarray(self.user_items.sum(axis=0)).ravel().astype(float)
+        for item, weight in self.store.item_totals().items():
+            if item in self.item_index:
+                totals[self.item_index[item]] += weight
+        norm = totals.max() or 1.0
+        ranked = [(self.item_ids[i], float(totals[i] / norm)) for i in np.argsort(-totals, kind="stable")]
+        self._popular_cache = (time.monotonic(), ranked)
+        return ranked
+
+    def recommend(self, request: RecommendRequest) -> Recommendations:
+        k = self._k(request.k)
+        idx, row, has_new_events = self._user_row(request.user_id)
+        items: list[ScoredItem] = []
+        if row.nnz:
+            with self._lock:
+                ids, scores = self.model.recommend(
+                    idx if idx is not None else 0,
+                    row,
+                    N=k,
+                    filter_already_liked_items=request.exclude_seen,
+                    recalculate_user=idx is None or has_new_events,
+                )
+            items = [
+                ScoredItem(item_id=self.item_ids[int(i)], score=float(s), reason="als")
+                for i, s in zip(ids, scores, strict=True)
+                if np.isfinite(s)
+            ]
+        seen = set(row.indices.tolist()) if request.exclude_seen else set()
+        chosen = {item.item_id for item in items}
+        for item_id, score in self.popular():  # cold users, and topping up a short list
+            if len(items) >= k:
+                break
+            if item_id not in chosen and self.item_index[item_id] not in seen:
+                items.append(ScoredItem(item_id=item_id, score=score, reason="popular"))
+                chosen.add(item_id)
+        return Recommendations(items=items)
+
+    def similar(self, request: SimilarRequest) -> Recommendations:
+        k = self._k(request.k)
+        idx = self.item_index.get(request.item_id)
+        if idx is None:
+            raise RequestError("item_id", f"unknown item {request.item_id!r}", status_code=404)
+        with self._lock:
+            ids, scores = self.model.similar_items(idx, N=min(k + 1, len(self.item_ids)))
+        items = [
+            ScoredItem(item_id=self.item_ids[int(i)], score=float(s), reason="similar")
+            for i, s in zip(ids, scores, strict=True)
+            if int(i) != idx
+        ]
+        return Recommendations(items=items[:k])
+
+
+# --- Serve deployment -------------------------------------------------------------------------------------
+@serve.deployment(name="recommend")
+class RecommendDeployment(ModelReplica[RecommendConfig, Recommender]):
+    service: ClassVar[str] = "recommend"
+    config_cls = RecommendConfig
+    reload_fields = frozenset({"model"})
+
+    def build_engine(self, config: RecommendConfig) -> Recommender:
+        return Recommender(config)
+
+    async def recommend(self, request: RecommendRequest) -> Recommendations:
+        return await asyncio.to_thread(self.engine.recommend, request)
+
+    async def similar(self, request: SimilarRequest) -> Recommendations:
+        return await asyncio.to_thread(self.engine.similar, request)
+
+    async def record(self, events: list[InteractionIn]) -> list[InteractionAck]:
+        return await asyncio.to_thread(self.engine.record, events)

@@ -1,0 +1,107 @@
+"""The thin Ray Serve layer shared by the model services.
+
+A service's configuration is its deployment's ``user_config``. Serve hands it to ``reconfigure`` when a replica
+starts and again whenever the Serve config changes it (``serve deploy``), so one code path loads the first model
+and swaps in later versions: a change of model source, device or dtype loads a new engine beside the old one and
+swaps the reference once it is ready (requests in flight finish on the old one); any other change (generation
+defaults, limits) is applied to the live engine without reloading weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from deployments.common import Placement, ServiceConfig, ServiceNotReady
+
+
+class Engine(Protocol):
+    """What the replica needs from a service's plain class."""
+
+    config: Any
+    placement: Placement
+
+    def apply_config(self, config: Any) -> None: ...
+
+    def check_health(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=ServiceConfig)
+EngineT = TypeVar("EngineT", bound=Engine)
+
+
+def config_version(config: ServiceConfig) -> str:
+    """A short, stable fingerprint of a config (never Python's salted ``hash``)."""
+    payload = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()[:12]
+
+
+class ModelReplica(Generic[ConfigT, EngineT]):
+    """Base for the Serve deployment classes: holds one engine, swaps it on ``reconfigure``."""
+
+    service: ClassVar[str]
+    config_cls: ClassVar[type[ServiceConfig]]
+    # Config fields whose change needs new weights; anything else is applied in place.
+    reload_fields: ClassVar[frozenset[str]] = frozenset({"model", "device", "dtype"})
+
+    def __init__(self, config: dict[str, Any] | None = None, engine: EngineT | None = None) -> None:
+        self._engine: EngineT | None = engine
+        self._loaded_at: float | None = time.time() if engine is not None else None
+        self._reloads = 0
+        if engine is None and config is not None:
+            self._install(self.build_engine(self.config_cls.model_validate(config)))
+
+    # --- subclasses -----------------------------------------------------------------------------------
+    def build_engine(self, config: ConfigT) -> EngineT:
+        raise NotImplementedError
+
+    # --- Serve hooks ----------------------------------------------------------------------------------
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = self.config_cls.model_validate(user_config)
+        current = self._engine
+        if current is not None and not self._needs_reload(current.config, config):
+            current.apply_config(config)
+            return
+        # Load off the event loop so that the old engine keeps answering while the new one loads.
+        self._install(await asyncio.to_thread(self.build_engine, config))
+
+    async def check_health(self) -> None:
+        await asyncio.to_thread(self.engine.check_health)
+
+    # --- shared methods -------------------------------------------------------------------------------
+    @property
+    def engine(self) -> EngineT:
+        if self._engine is None:
+            raise ServiceNotReady(
+                f"the {self.service} service has no model: give it a user_config with at least `model`"
+            )
+        return self._engine
+
+    async def describe(self) -> dict[str, Any]:
+        """Model, device and placement of this replica, for /v1/health and /v1/models."""
+        engine = self.engine
+        return {
+            "service": self.service,
+            "status": "ok",
+            "model": engine.config.name,
+            "source": engine.config.model,
+            "config_version": config_version(engine.config),
+            "loaded_at": self._loaded_at,
+            "reloads": self._reloads,
+            **engine.placement.as_dict(),
+            **engine.describe(),
+        }
+
+    def _needs_reload(self, old: ServiceConfig, new: ServiceConfig) -> bool:
+        return any(getattr(old, f) != getattr(new, f) for f in self.reload_fields)
+
+    def _install(self, engine: EngineT) -> None:
+        if self._engine is not None:
+            self._reloads += 1
+        self._engine = engine
+        self._loaded_at = time.time()

@@ -1,0 +1,195 @@
+"""Voice service: Coqui TTS (``coqui-tts``, module ``TTS``) reads the text aloud."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+from ray import serve
+
+from deployments.common import RequestError, ServiceConfig, StrictModel, resolve_model_source, resolve_placement
+from deployments.replica import ModelReplica
+
+MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech
+AudioFormat = Literal["wav", "flac", "pcm"]
+_SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "pcm": ("RAW", "PCM_16")}
+
+
+class VoiceConfig(ServiceConfig):
+    """Configuration of the voice service (its deployment's ``user_config``)."""
+
+    default_speaker: str | None = Field(None, description="Speaker used when a request names none.")
+    language: str | None = Field(None, description="Language for multilingual models when a request names none.")
+    voice_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Client voice names mapped to model speakers, e.g. OpenAI's `alloy` to a speaker of yours.",
+    )
+    max_input_chars: int = Field(MAX_INPUT_CHARS, ge=1, le=100_000, description="Longest text one request may send.")
+    max_sentence_chars: int = Field(
+        300, ge=20, le=2000, description="Longer sentences are cut at word boundaries before synthesis."
+    )
+    sentence_pause_s: float = Field(0.15, ge=0.0, le=2.0, description="Silence inserted between sentences.")
+    health_probe: bool = Field(True, description="Health checks synthesize one short word.")
+
+
+class VoiceRequest(StrictModel):
+    model: str | None = Field(None, max_length=256, description="Model asked for; must be the one served.")
+    input: str = Field(min_length=1, max_length=100_000, description="Text to speak.")
+    voice: str | None = Field(None, max_length=128, description="Speaker (or alias); default from config.")
+    language: str | None = Field(None, max_length=32)
+    response_format: AudioFormat = "wav"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+class VoiceResult(StrictModel):
+    audio: bytes
+    media_type: str
+    sample_rate: int
+    duration_s: float
+    sentences: int
+    voice: str | None
+    model: str
+
+
+def split_sentences(text: str, max_chars: int) -> list[str]:
+    """Sentences of at most ``max_chars``: split on sentence ends, then cut long ones at word boundaries."""
+    pieces = [p.strip() for p in re.split(r"(?<=[.!?;:])\s+|\n+", text) if p.strip()]
+    out: list[str] = []
+    for piece in pieces:
+        while len(piece) > max_chars:
+            cut = piece.rfind(" ", 0, max_chars)
+            cut = cut if cut > 0 else max_chars
+            out.append(piece[:cut].strip())
+            piece = piece[cut:].strip()
+        if piece:
+            out.append(piece)
+    return out
+
+
+class VoiceSynthesizer:
+    """Loads a Coqui TTS model (a released model name or a local checkpoint folder) and renders audio."""
+
+    def __init__(self, config: VoiceConfig, tts: Any = None) -> None:
+        self.config = config
+        self.placement = resolve_placement(config.device)
+        self._lock = threading.Lock()  # one synthesis at a time; seeding uses torch's global RNG
+        if tts is None:
+            from TTS.api import TTS
+
+            source = resolve_model_source(config.model)
+            folder = Path(source)
+            if folder.is_dir():
+                checkpoint = folder / "model.pth"
+                if not checkpoint.exists():
+                    candidates = sorted(folder.glob("*.pth"))
+                    if not candidates:
+                        raise FileNotFoundError(f"no .pth checkpoint in {folder}")
+                    checkpoint = candidates[0]
+                tts = TTS(model_path=str(checkpoint), config_path=str(folder / "config.json"), progress_bar=False)
+            else:
+                tts = TTS(source, progress_bar=False)
+        self.tts = tts.to(self.placement.device)
+        self.sample_rate = int(self.tts.synthesizer.output_sample_rate)
+        self.speakers: list[str] = list(self.tts.speakers or []) if self.tts.is_multi_speaker else []
+        self.languages: list[str] = list(self.tts.languages or []) if self.tts.is_multi_lingual else []
+        self.apply_config(config)
+
+    def apply_config(self, config: VoiceConfig) -> None:
+        if self.speakers:
+            for name in [config.default_speaker, *config.voice_aliases.values()]:
+                if name is not None and name not in self.speakers:
+                    raise ValueError(f"speaker {name!r} is not one of the model's speakers {self.speakers}")
+        self.config = config
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "sample_rate": self.sample_rate,
+            "speakers": self.speakers,
+            "languages": self.languages,
+            "voices": sorted({*self.speakers, *self.config.voice_aliases}),
+        }
+
+    def check_health(self) -> None:
+        if self.config.health_probe:
+            self.synthesize(VoiceRequest(input="ok.", seed=0))
+
+    def _speaker(self, voice: str | None) -> str | None:
+        if not self.speakers:
+            return None  # single-speaker model: the voice name has nothing to choose
+        name = voice or self.config.default_speaker or self.speakers[0]
+        name = self.config.voice_aliases.get(name, name)
+        if name not in self.speakers:
+            choices = ", ".join(sorted({*self.speakers, *self.config.voice_aliases}))
+            raise RequestError("voice", f"unknown voice {voice!r}; choose one of: {choices}")
+        return name
+
+    def _language(self, language: str | None) -> str | None:
+        if not self.languages:
+            return None
+        name = language or self.config.language or self.languages[0]
+        if name not in self.languages:
+            raise RequestError("language", f"unknown language {name!r}; choose one of: {self.languages}")
+        return name
+
+    def _speakable(self, sentence: str) -> bool:
+        """Whether the model's tokenizer keeps any sound of ``sentence`` (not only pauses and punctuation)."""
+        tokenizer = getattr(self.tts.synthesizer.tts_model, "tokenizer", None)
+        if tokenizer is None:
+            return True
+        chars = tokenizer.characters
+        silent = set(chars.punctuations) | {chars.pad, chars.blank, chars.bos, chars.eos} | set(" \t")
+        return any(chars.id_to_char(i) not in silent for i in tokenizer.text_to_ids(sentence))
+
+    def synthesize(self, request: VoiceRequest) -> VoiceResult:
+        import numpy as np
+        import soundfile as sf
+        import torch
+
+        cfg = self.config
+        cfg.check_model(request.model)
+        if len(request.input) > cfg.max_input_chars:
+            raise RequestError("input", f"must be at most {cfg.max_input_chars} characters")
+        speaker, language = self._speaker(request.voice), self._language(request.language)
+        sentences = [s for s in split_sentences(request.input, cfg.max_sentence_chars) if self._speakable(s)]
+        if not sentences:
+            raise RequestError("input", "has nothing this voice can pronounce")
+        pause = np.zeros(int(cfg.sentence_pause_s * self.sample_rate), dtype=np.float32)
+        chunks: list[np.ndarray] = []
+        with self._lock, torch.inference_mode():
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            for i, sentence in enumerate(sentences):
+                wav = self.tts.tts(sentence, speaker=speaker, language=language, split_sentences=False)
+                if i:
+                    chunks.append(pause)
+                chunks.append(np.asarray(wav, dtype=np.float32))
+        audio = np.clip(np.concatenate(chunks), -1.0, 1.0)
+        fmt, subtype = _SOUNDFILE_FORMATS[request.response_format]
+        buf = io.BytesIO()
+        sf.write(buf, audio, self.sample_rate, format=fmt, subtype=subtype)
+        return VoiceResult(
+            audio=buf.getvalue(),
+            media_type={"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm"}[request.response_format],
+            sample_rate=self.sample_rate,
+            duration_s=round(len(audio) / self.sample_rate, 3),
+            sentences=len(sentences),
+            voice=speaker,
+            model=cfg.name,
+        )
+
+
+@serve.deployment(name="voice")
+class VoiceDeployment(ModelReplica[VoiceConfig, VoiceSynthesizer]):
+    service: ClassVar[str] = "voice"
+    config_cls = VoiceConfig
+
+    def build_engine(self, config: VoiceConfig) -> VoiceSynthesizer:
+        return VoiceSynthesizer(config)
+
+    async def synthesize(self, request: VoiceRequest) -> VoiceResult:
+        return await asyncio.to_thread(self.engine.synthesize, request)

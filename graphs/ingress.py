@@ -1,0 +1,289 @@
+"""The HTTP ingress: OpenAI-compatible routes and recommendation routes over the four model deployments.
+
+The ingress owns no model. It validates input (bad input never reaches a model), calls each service through its
+``DeploymentHandle`` with a per-service timeout, and turns what can go wrong into clear HTTP answers:
+422/400/404 naming the field, 503 with ``Retry-After`` when a service has no replica to answer, 504 when a service
+takes longer than its timeout. Nothing waits without bound.
+"""
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.common import RequestError, ServiceNotReady, StrictModel
+from deployments.recommend import (
+    ID_PATTERN,
+    MAX_K,
+    InteractionIn,
+    Recommendations,
+    RecommendRequest,
+    SimilarRequest,
+)
+from graphs.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    ModelCard,
+    ModelList,
+    SpeechRequest,
+)
+
+logger = logging.getLogger("content_studio.ingress")
+T = TypeVar("T")
+SERVICES = ("text", "image", "voice", "recommend")
+
+
+class ServiceTimeouts(StrictModel):
+    """Seconds the ingress waits for each service before answering 504."""
+
+    text: float = Field(120.0, gt=0, le=3600)
+    image: float = Field(120.0, gt=0, le=3600)
+    voice: float = Field(120.0, gt=0, le=3600)
+    recommend: float = Field(10.0, gt=0, le=3600)
+
+
+class IngressConfig(StrictModel):
+    """Configuration of the ingress deployment (its ``user_config``)."""
+
+    timeouts_s: ServiceTimeouts = Field(default_factory=ServiceTimeouts, description="Per-service timeouts.")
+    health_timeout_s: float = Field(5.0, gt=0, le=60, description="How long /v1/health waits for each service.")
+    retry_after_s: int = Field(5, ge=1, le=600, description="`Retry-After` sent with 503 answers.")
+    max_batch_events: int = Field(1000, ge=1, le=100_000, description="Most events in one batch ingestion.")
+
+
+class InteractionBatch(StrictModel):
+    events: list[InteractionIn] = Field(min_length=1, max_length=100_000)
+
+
+class ApiError(Exception):
+    """An error answered as an OpenAI-style error object."""
+
+    def __init__(
+        self, status_code: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
+    ) -> None:
+        super().__init__(message)
+        self.status_code, self.message, self.param, self.kind = status_code, message, param, kind
+        self.headers: dict[str, str] = {}
+
+
+def error_body(message: str, param: str | None, kind: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|function-\w+\[.*\]|union\[.*\])$")
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    # Union members add their type to the location (prompt.str, prompt.list[str]); people need the field.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header") and not _TYPE_TAG.match(str(p))]
+    return ".".join(parts) or "body"
+
+
+def validation_error_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    # A JSON syntax error is located by character offset, which is no field: the body itself is wrong.
+    field = "body" if first.get("type") == "json_invalid" else _field_name(tuple(first.get("loc", ())))
+    message = f"{field}: {first.get('msg', 'invalid value')}"
+    body = error_body(message, field, "invalid_request_error", "invalid_value")
+    body["detail"] = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+    return JSONResponse(status_code=422, content=body)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Content Studio",
+        version="0.1.0",
+        description="Text, image, voice and recommendation models as independent Ray Serve deployments.",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(list(exc.errors()))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status_code,
+            content=error_body(exc.message, exc.param, exc.kind),
+            headers=exc.headers,
+        )
+
+    return app
+
+
+async def _awaitable(response: Awaitable[T]) -> T:
+    return await response
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Ray's ways of saying that no replica could take the request."""
+    from ray import exceptions as ray_exc
+    from ray.serve import exceptions as serve_exc
+
+    unavailable = (
+        serve_exc.BackPressureError,
+        serve_exc.DeploymentUnavailableError,
+        serve_exc.ReplicaUnavailableError,
+        ray_exc.RayActorError,
+        ray_exc.ActorUnavailableError,
+        ray_exc.NodeDiedError,
+        ray_exc.WorkerCrashedError,
+    )
+    return isinstance(exc, unavailable) or isinstance(getattr(exc, "cause", None), unavailable)
+
+
+app = create_app()
+KParam = Annotated[int | None, Query(ge=1, le=MAX_K, description="How many items (default from config).")]
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(app)
+class Ingress:
+    """Routes HTTP to the four model services; holds their handles."""
+
+    services: ClassVar[tuple[str, ...]] = SERVICES
+
+    def __init__(
+        self,
+        text: DeploymentHandle,
+        image: DeploymentHandle,
+        voice: DeploymentHandle,
+        recommend: DeploymentHandle,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.handles: dict[str, DeploymentHandle] = {
+            "text": text,
+            "image": image,
+            "voice": voice,
+            "recommend": recommend,
+        }
+        self.config = IngressConfig.model_validate(config or {})
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.config = IngressConfig.model_validate(user_config or {})
+
+    # --- calling services ---------------------------------------------------------------------------------
+    async def call(self, service: str, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call one service method with its timeout, mapping failures to HTTP errors."""
+        limit = timeout if timeout is not None else getattr(self.config.timeouts_s, service)
+        response = getattr(self.handles[service], method).remote(*args)
+        try:
+            return await asyncio.wait_for(_awaitable(response), timeout=limit)
+        except RequestError as exc:
+            cause = getattr(exc, "cause", exc)
+            raise ApiError(cause.status_code, f"{cause.field}: {cause.message}", cause.field) from None
+        except TimeoutError:
+            raise ApiError(504, f"the {service} service did not answer within {limit:g}s", None, "timeout") from None
+        except ServiceNotReady as exc:
+            raise self._unavailable(service, str(getattr(exc, "cause", exc))) from None
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise self._unavailable(service, str(exc).splitlines()[0]) from None
+            logger.exception("%s.%s failed", service, method)
+            raise ApiError(500, f"the {service} service failed: {type(exc).__name__}", None, "server_error") from None
+
+    def _unavailable(self, service: str, detail: str) -> ApiError:
+        error = ApiError(503, f"the {service} service is unavailable: {detail}", None, "service_unavailable")
+        error.headers["Retry-After"] = str(self.config.retry_after_s)
+        return error
+
+    # --- OpenAI-compatible routes ---------------------------------------------------------------------------
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(self) -> ModelList:
+        described = await self._describe_all()
+        cards = [
+            ModelCard(id=info["model"], created=int(info.get("loaded_at") or 0), service=name)
+            for name, info in described.items()
+            if info.get("status") == "ok" and name != "recommend"
+        ]
+        return ModelList(data=cards)
+
+    @app.post("/v1/completions", response_model=CompletionResponse)
+    async def completions(self, body: CompletionRequest) -> CompletionResponse:
+        result = await self.call("text", "generate", body.to_service())
+        return CompletionResponse.of(result)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+    async def chat_completions(self, body: ChatCompletionRequest) -> ChatCompletionResponse:
+        result = await self.call("text", "generate", body.to_service())
+        return ChatCompletionResponse.of(result)
+
+    @app.post("/v1/images/generations", response_model=ImageGenerationResponse)
+    async def images(self, body: ImageGenerationRequest) -> ImageGenerationResponse:
+        result = await self.call("image", "generate", body.to_service())
+        return ImageGenerationResponse.of(result)
+
+    @app.post(
+        "/v1/audio/speech",
+        response_class=Response,
+        responses={200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/pcm": {}}}},
+    )
+    async def speech(self, body: SpeechRequest) -> Response:
+        result = await self.call("voice", "synthesize", body.to_service())
+        headers = {
+            "X-Audio-Sample-Rate": str(result.sample_rate),
+            "X-Audio-Duration-S": str(result.duration_s),
+            "X-Model": result.model,
+        }
+        return Response(content=result.audio, media_type=result.media_type, headers=headers)
+
+    # --- recommendation routes ------------------------------------------------------------------------------
+    @app.post("/v1/interactions", status_code=202)
+    async def interactions(self, body: InteractionIn) -> dict[str, Any]:
+        acks = await self.call("recommend", "record", [body])
+        return {"accepted": len(acks), "events": [a.model_dump() for a in acks]}
+
+    @app.post("/v1/interactions/batch", status_code=202)
+    async def interactions_batch(self, body: InteractionBatch) -> dict[str, Any]:
+        if len(body.events) > self.config.max_batch_events:
+            raise ApiError(413, f"at most {self.config.max_batch_events} events per batch", "events")
+        acks = await self.call("recommend", "record", body.events)
+        return {"accepted": len(acks)}
+
+    @app.get("/v1/recommendations", response_model=Recommendations)
+    async def recommendations(
+        self,
+        user_id: Annotated[str, Query(pattern=ID_PATTERN, description="The user to recommend for.")],
+        k: KParam = None,
+        exclude_seen: bool = True,
+    ) -> Recommendations:
+        request = RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen)
+        return await self.call("recommend", "recommend", request)
+
+    @app.get("/v1/items/{item_id}/similar", response_model=Recommendations)
+    async def similar(self, item_id: Annotated[str, Path(pattern=ID_PATTERN)], k: KParam = None) -> Recommendations:
+        return await self.call("recommend", "similar", SimilarRequest(item_id=item_id, k=k))
+
+    # --- health -------------------------------------------------------------------------------------------
+    async def _describe_all(self) -> dict[str, dict[str, Any]]:
+        async def one(name: str) -> dict[str, Any]:
+            try:
+                return await self.call(name, "describe", timeout=self.config.health_timeout_s)
+            except ApiError as exc:
+                return {"service": name, "status": "unavailable", "error": exc.message}
+
+        results = await asyncio.gather(*(one(name) for name in self.services))
+        return dict(zip(self.services, results, strict=True))
+
+    @app.get("/v1/health")
+    async def health(self) -> JSONResponse:
+        services = await self._describe_all()
+        ok = all(info.get("status") == "ok" for info in services.values())
+        body = {"status": "ok" if ok else "degraded", "services": services}
+        return JSONResponse(status_code=200 if ok else 503, content=body)
+
+    @app.get("/", include_in_schema=False)
+    async def root(self) -> dict[str, Any]:
+        return {"name": "Content Studio", "docs": "/docs", "openapi": "/openapi.json", "health": "/v1/health"}

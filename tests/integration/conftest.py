@@ -1,0 +1,113 @@
+"""One Ray instance per test session, with the app deployed from ``configs/local.yaml`` as users deploy it.
+
+The config is deployed with the real ``serve deploy`` CLI against the session's own Ray dashboard. Two things
+differ from the file in the repo: a free HTTP port, and ``CONTENT_STUDIO_ROOT`` pointing at this session's
+tiny models and data, so tests neither collide with a running ``make run`` nor write into the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def session_config(source: Path, project_root: Path, port: int) -> dict:
+    config = yaml.safe_load(source.read_text())
+    config["http_options"]["port"] = port
+    for app in config["applications"]:
+        app.setdefault("runtime_env", {}).setdefault("env_vars", {})["CONTENT_STUDIO_ROOT"] = str(project_root)
+    return config
+
+
+def serve_cli(*args: str, dashboard: str) -> subprocess.CompletedProcess:
+    serve = Path(sys.executable).with_name("serve")
+    return subprocess.run(
+        [str(serve), *args, "--address", dashboard], check=True, capture_output=True, text=True, timeout=120
+    )
+
+
+def wait_healthy(url: str, timeout: float = READY_TIMEOUT_S) -> dict:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/v1/health", timeout=10)
+            last = response.text
+            if response.status_code == 200:
+                return response.json()
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(2)
+    raise TimeoutError(f"app not healthy after {timeout}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[dict[str, str]]:
+    """A local Ray instance owned by this test session (4 logical CPUs on any machine)."""
+    import ray
+
+    dashboard_port = free_port()
+    context = ray.init(
+        num_cpus=4,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        logging_level="WARNING",
+    )
+    yield {"dashboard": f"http://{context.dashboard_url}", "address": context.address_info["address"]}
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def deployed_app(ray_cluster: dict[str, str], project_root: Path, tmp_path_factory) -> dict:
+    """The local profile deployed with ``serve deploy``; yields its URL, config and the dashboard address."""
+    port = free_port()
+    config = session_config(ROOT / "configs" / "local.yaml", project_root, port)
+    path = tmp_path_factory.mktemp("serve") / "local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli("deploy", str(path), dashboard=ray_cluster["dashboard"])
+    url = f"http://127.0.0.1:{port}"
+    health = wait_healthy(url)
+    return {"url": url, "config": config, "config_path": path, "health": health, **ray_cluster}
+
+
+@pytest.fixture(scope="session")
+def base_url(deployed_app: dict) -> str:
+    return deployed_app["url"]
+
+
+@pytest.fixture(scope="session")
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as session:
+        yield session
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")

@@ -1,0 +1,58 @@
+"""Acceptance: the official ``openai`` client, pointed at our /v1, gets text, chat, a PNG image and WAV audio."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import openai
+import pytest
+import soundfile as sf
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def oai(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models(oai: openai.OpenAI) -> None:
+    assert {m.id for m in oai.models.list()} == {"tiny-gpt2", "tiny-sd", "tiny-vits"}
+
+
+def test_completion(oai: openai.OpenAI) -> None:
+    completion = oai.completions.create(model="tiny-gpt2", prompt="The harbour at night", max_tokens=8, seed=1)
+    assert completion.object == "text_completion"
+    assert isinstance(completion.choices[0].text, str)
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage.completion_tokens <= 8
+
+
+def test_chat_completion(oai: openai.OpenAI) -> None:
+    chat = oai.chat.completions.create(
+        model="tiny-gpt2",
+        messages=[{"role": "system", "content": "You write headlines."}, {"role": "user", "content": "Lighthouses"}],
+        max_tokens=8,
+    )
+    assert chat.choices[0].message.role == "assistant"
+    assert isinstance(chat.choices[0].message.content, str)
+    assert chat.usage.prompt_tokens > 0
+
+
+def test_image_of_the_requested_size(oai: openai.OpenAI) -> None:
+    result = oai.images.generate(model="tiny-sd", prompt="a lighthouse", size="96x64", response_format="b64_json")
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.format == "PNG"
+    assert image.size == (96, 64)
+
+
+def test_speech_is_wav(oai: openai.OpenAI) -> None:
+    audio = oai.audio.speech.create(model="tiny-vits", voice="alloy", input="Welcome aboard.", response_format="wav")
+    data, rate = sf.read(io.BytesIO(audio.content))
+    assert rate == 16000 and len(data) > 0
+
+
+def test_bad_request_raises_a_client_error(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        oai.completions.create(model="tiny-gpt2", prompt="hi", max_tokens=0)
+    assert err.value.body["param"] == "max_tokens"

@@ -1,0 +1,73 @@
+"""Every shipped Serve config is valid for Serve and for the services' own strict configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.common import resolve_model_source
+from deployments.image import ImageConfig
+from deployments.recommend import RecommendConfig
+from deployments.text import TextConfig
+from deployments.voice import VoiceConfig
+from graphs.app import build_app
+from graphs.ingress import IngressConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted([ROOT / "serve_config.yaml", *(ROOT / "configs").glob("*.yaml")])
+SERVICE_CONFIGS = {
+    "text": TextConfig,
+    "image": ImageConfig,
+    "voice": VoiceConfig,
+    "recommend": RecommendConfig,
+    "ingress": IngressConfig,
+}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_serve_config_validates(path: Path) -> None:
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    for app in schema.applications:
+        assert app.import_path == "graphs.app:build_app"
+        names = {d.name for d in app.deployments}
+        assert names == set(SERVICE_CONFIGS), f"{path.name} must configure every deployment"
+        for deployment in app.deployments:
+            SERVICE_CONFIGS[deployment.name].model_validate(deployment.user_config)
+
+
+def test_local_profile_points_at_the_tiny_models() -> None:
+    app = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]
+    models = {d["name"]: d["user_config"].get("model") for d in app["deployments"] if d["name"] != "ingress"}
+    assert all(m.startswith(".cache/models/tiny/") for m in models.values())
+    assert app["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_production_config_gives_each_model_its_gpus_and_autoscaling() -> None:
+    app = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+    deployments = {d["name"]: d for d in app["deployments"]}
+    for name in ("text", "image", "voice"):
+        assert deployments[name]["ray_actor_options"]["num_gpus"] > 0
+    for name, deployment in deployments.items():
+        scaling = deployment["autoscaling_config"]
+        assert scaling["min_replicas"] <= scaling["initial_replicas"] <= scaling["max_replicas"], name
+
+
+def test_builder_binds_five_deployments_with_validated_args(tiny_models) -> None:
+    app = build_app({"text": {"model": str(tiny_models / "text"), "default_max_tokens": 4}})
+    assert app._bound_deployment.name == "ingress"
+    with pytest.raises(ValidationError, match="default_max_tokenz"):
+        build_app({"text": {"model": "x", "default_max_tokenz": 4}})
+
+
+def test_model_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTENT_STUDIO_ROOT", str(tmp_path))
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    assert resolve_model_source("models/m") == str(tmp_path / "models" / "m")
+    assert resolve_model_source(str(tmp_path / "models" / "m")) == str(tmp_path / "models" / "m")
+    assert resolve_model_source("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    with pytest.raises(FileNotFoundError, match="build_tiny_models"):
+        resolve_model_source("./models/missing")
