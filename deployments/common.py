@@ -28,6 +28,20 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class FaultInjection(StrictModel):
+    """Deliberate failures, for resilience tests and game days (like a service mesh's fault injection).
+
+    Off by default. Applied to requests only, not to health checks, so a faulty replica stays in service.
+    """
+
+    error_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests that fail with InjectedFault.")
+    delay_s: float = Field(0.0, ge=0.0, le=600.0, description="Added latency before every request.")
+
+
+class InjectedFault(RuntimeError):
+    """A failure asked for by ``faults`` in the service config."""
+
+
 class ServiceConfig(StrictModel):
     """Fields every model service's config has; each service adds its own."""
 
@@ -45,6 +59,9 @@ class ServiceConfig(StrictModel):
     dtype: DTypeName = Field(
         "auto", description="Weights dtype. `auto`: float16 on CUDA, float32 on CPU (half precision on CPU is slow)."
     )
+    faults: FaultInjection = Field(
+        default_factory=FaultInjection, description="Fault injection for resilience testing; off by default."
+    )
 
     @property
     def name(self) -> str:
@@ -56,6 +73,13 @@ class ServiceConfig(StrictModel):
             raise RequestError(
                 "model", f"model {requested!r} is not served here; this service serves {self.name!r}", 404
             )
+
+
+class Narrative(StrictModel):
+    """A titled text: what the text service writes and the image and voice services turn into media."""
+
+    title: str = Field(max_length=500)
+    body: str = Field(min_length=1, max_length=100_000)
 
 
 class RequestError(ValueError):
@@ -75,13 +99,46 @@ class ServiceNotReady(RuntimeError):
     """The replica has no model loaded yet (no config was given)."""
 
 
+def project_root() -> Path:
+    """Where relative model folders, databases and asset folders live: $CONTENT_STUDIO_ROOT or the checkout."""
+    return Path(os.environ.get(ROOT_ENV, PROJECT_ROOT))
+
+
+def resolve_database_url(url: str) -> str:
+    """Anchor a relative SQLite path at the project root (like model folders) and create its folder."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url in ("sqlite:///:memory:", "sqlite://"):
+        return url
+    path = Path(url[len(prefix) :])
+    if not path.is_absolute():
+        path = project_root() / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return prefix + str(path)
+
+
+def create_sql_engine(url: str) -> Any:
+    """A SQLAlchemy engine; SQLite gets WAL mode so readers on other replicas never block a writer."""
+    import sqlalchemy as sa
+
+    resolved = resolve_database_url(url)
+    sqlite = resolved.startswith("sqlite")
+    engine = sa.create_engine(resolved, connect_args={"timeout": 30} if sqlite else {})
+    if sqlite:
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+    return engine
+
+
 def resolve_model_source(source: str) -> str:
     """Return a local folder for ``source`` when one exists, else ``source`` unchanged (a hub id or model name).
 
     A source written as a path (absolute, ``./``, ``../``, ``~``, or a hidden folder) must exist: a missing local
     model is a configuration error, not something to look up on a hub.
     """
-    root = Path(os.environ.get(ROOT_ENV, PROJECT_ROOT))
+    root = project_root()
     expanded = Path(source).expanduser()
     candidate = expanded if expanded.is_absolute() else root / expanded
     if candidate.exists():
@@ -120,7 +177,10 @@ def _ray_context() -> tuple[list[str], dict[str, float], str | None, str | None]
     if not ray.is_initialized():
         return [], {}, None, None
     ctx = ray.get_runtime_context()
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    try:
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    except AssertionError:  # a driver (a script or a test that started Ray), not a worker: nothing assigned
+        return [], {}, None, None
     resources = dict(ctx.get_assigned_resources() or {})
     replica = None
     try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
+import re
 import secrets
 import threading
 from typing import Any, ClassVar
@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from ray import serve
 
 from deployments.common import (
+    Narrative,
     RequestError,
     ServiceConfig,
     StrictModel,
@@ -40,12 +41,21 @@ class ImageConfig(ServiceConfig):
     max_width: int = Field(1024, ge=8, le=MAX_SIDE, multiple_of=8, description="Largest width allowed.")
     max_height: int = Field(1024, ge=8, le=MAX_SIDE, multiple_of=8, description="Largest height allowed.")
     max_images: int = Field(4, ge=1, le=8, description="Most images (`n`) one request may ask for.")
+    illustration_prompt: str = Field(
+        "{title}. {summary}",
+        max_length=1000,
+        description="Prompt for illustrating a text (content pipeline); `{title}`, `{summary}` (its first "
+        "sentence) and `{style}` are filled in.",
+    )
+    illustration_prompt_chars: int = Field(
+        300, ge=20, le=MAX_PROMPT_CHARS, description="Illustration prompts are cut at a word boundary here."
+    )
     health_probe: bool = Field(True, description="Health checks run one tiny denoising step.")
 
 
-class ImageRequest(StrictModel):
-    model: str | None = Field(None, max_length=256, description="Model asked for; must be the one served.")
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+class ImageOptions(StrictModel):
+    """How to render; everything but the prompt. Omitted fields default from the service config."""
+
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     steps: int | None = Field(None, ge=1, le=150)
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
@@ -63,8 +73,14 @@ class ImageRequest(StrictModel):
         return value
 
 
+class ImageRequest(ImageOptions):
+    model: str | None = Field(None, max_length=256, description="Model asked for; must be the one served.")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+
+
 class ImageResult(StrictModel):
     images: list[bytes] = Field(description="PNG files.")
+    prompt: str
     seed: int
     width: int
     height: int
@@ -138,12 +154,26 @@ class ImageGenerator:
             )
         return ImageResult(
             images=[_png(img) for img in output.images],
+            prompt=request.prompt,
             seed=seed,
             width=width,
             height=height,
             steps=steps,
             model=cfg.name,
         )
+
+
+def illustration_prompt(config: ImageConfig, narrative: Narrative, style: str | None = None) -> str:
+    """The image prompt for a titled text: the image service knows how long a prompt its model takes."""
+    summary = re.split(r"(?<=[.!?])\s", narrative.body.strip(), maxsplit=1)[0]
+    prompt = config.illustration_prompt.format(title=narrative.title, summary=summary, style=style or "")
+    prompt = " ".join(prompt.split())
+    if style and "{style}" not in config.illustration_prompt:
+        prompt = f"{prompt}, {style}"
+    if len(prompt) > config.illustration_prompt_chars:
+        cut = prompt.rfind(" ", 0, config.illustration_prompt_chars)
+        prompt = prompt[: cut if cut > 0 else config.illustration_prompt_chars]
+    return prompt or narrative.title or "an illustration"
 
 
 def _png(image: Any) -> bytes:
@@ -162,4 +192,11 @@ class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
         return ImageGenerator(config)
 
     async def generate(self, request: ImageRequest) -> ImageResult:
-        return await asyncio.to_thread(self.engine.generate, request)
+        return await self.run(self.engine.generate, request)
+
+    async def illustrate(self, narrative: Narrative, options: ImageOptions, style: str | None = None) -> ImageResult:
+        """An image for a titled text (the content pipeline passes the text service's response straight in)."""
+        engine = self.engine
+        prompt = illustration_prompt(engine.config, narrative, style)
+        request = ImageRequest(prompt=prompt, **options.model_dump())
+        return await self.run(engine.generate, request)

@@ -9,7 +9,6 @@ recorded events from that store when it answers, so all replicas agree and a use
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -20,11 +19,10 @@ from pydantic import Field
 from ray import serve
 
 from deployments.common import (
-    PROJECT_ROOT,
-    ROOT_ENV,
     RequestError,
     ServiceConfig,
     StrictModel,
+    create_sql_engine,
     resolve_model_source,
     resolve_placement,
 )
@@ -48,6 +46,12 @@ class RecommendConfig(ServiceConfig):
         description="Confidence each event type adds to a user-item pair.",
     )
     default_k: int = Field(10, ge=1, le=MAX_K, description="Items returned when a request omits `k`.")
+    fresh_slots: int = Field(
+        2, ge=0, le=MAX_K, description="Places in a cold user's list kept for the newest registered items."
+    )
+    popular_cache_s: float = Field(
+        30.0, ge=0, le=3600, description="How long a replica reuses its popularity ranking (own events reset it)."
+    )
     max_k: int = Field(MAX_K, ge=1, le=MAX_K, description="Most items one request may ask for.")
 
 
@@ -73,11 +77,18 @@ class SimilarRequest(StrictModel):
 class ScoredItem(StrictModel):
     item_id: str
     score: float
-    reason: Literal["als", "popular", "similar"]
+    reason: Literal["als", "popular", "fresh", "similar"]
 
 
 class Recommendations(StrictModel):
     items: list[ScoredItem]
+
+
+class ItemIn(StrictModel):
+    """An item to make known to the recommender, e.g. content the pipeline just stored."""
+
+    item_id: str = Field(pattern=ID_PATTERN)
+    title: str = Field("", max_length=500)
 
 
 class InteractionAck(StrictModel):
@@ -105,35 +116,13 @@ def save_model_dir(out: Path, model: Any, matrix: Any, user_ids: np.ndarray, ite
     )
 
 
-def _resolve_store_url(url: str) -> str:
-    """Anchor a relative SQLite path at the project root, like model folders, and create its folder."""
-    import os
-
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url == "sqlite:///:memory:":
-        return url
-    path = Path(url[len(prefix) :])
-    if not path.is_absolute():
-        path = Path(os.environ.get(ROOT_ENV, PROJECT_ROOT)) / path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return prefix + str(path)
-
-
 class InteractionStore:
     """Interactions the recommender owns, in any SQLAlchemy database (SQLite by default)."""
 
     def __init__(self, url: str) -> None:
         import sqlalchemy as sa
 
-        self.url = _resolve_store_url(url)
-        connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(self.url, connect_args=connect_args)
-        if self.url.startswith("sqlite"):
-
-            @sa.event.listens_for(self.engine, "connect")
-            def _wal(dbapi_conn: Any, _record: Any) -> None:  # concurrent readers while a replica writes
-                dbapi_conn.execute("PRAGMA journal_mode=WAL")
-
+        self.engine = create_sql_engine(url)
         meta = sa.MetaData()
         self.interactions = sa.Table(
             "interactions",
@@ -145,7 +134,44 @@ class InteractionStore:
             sa.Column("weight", sa.Float, nullable=False),
             sa.Column("created_at", sa.Float, nullable=False),
         )
+        self.items = sa.Table(
+            "items",
+            meta,
+            sa.Column("item_id", sa.String(128), primary_key=True),
+            sa.Column("title", sa.String(500), nullable=False, default=""),
+            sa.Column("created_at", sa.Float, nullable=False, index=True),
+        )
         meta.create_all(self.engine)
+
+    def add_items(self, items: list[ItemIn]) -> int:
+        """Register items; ones already known are left as they are. Returns how many were new."""
+        import sqlalchemy as sa
+
+        now = time.time()
+        with self.engine.begin() as conn:
+            known = set(self.known_items([i.item_id for i in items], conn))
+            rows = [
+                {"item_id": i.item_id, "title": i.title, "created_at": now} for i in items if i.item_id not in known
+            ]
+            if rows:
+                conn.execute(sa.insert(self.items), rows)
+        return len(rows)
+
+    def known_items(self, item_ids: list[str], conn: Any = None) -> list[str]:
+        import sqlalchemy as sa
+
+        query = sa.select(self.items.c.item_id).where(self.items.c.item_id.in_(item_ids))
+        if conn is not None:
+            return list(conn.scalars(query))
+        with self.engine.connect() as own:
+            return list(own.scalars(query))
+
+    def newest_items(self, limit: int) -> list[str]:
+        import sqlalchemy as sa
+
+        query = sa.select(self.items.c.item_id).order_by(self.items.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.scalars(query))
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
@@ -216,8 +242,12 @@ class Recommender:
             self.model.similar_items(0, N=1)
 
     # --- interactions -------------------------------------------------------------------------------------
+    def add_items(self, items: list[ItemIn]) -> int:
+        return self.store.add_items(items)
+
     def record(self, events: list[InteractionIn]) -> list[InteractionAck]:
-        unknown = sorted({e.item_id for e in events if e.item_id not in self.item_index})
+        candidates = sorted({e.item_id for e in events if e.item_id not in self.item_index})
+        unknown = sorted(set(candidates) - set(self.store.known_items(candidates))) if candidates else []
         if unknown:
             raise RequestError("item_id", f"unknown item(s): {', '.join(unknown[:5])}", status_code=404)
         now = time.time()
@@ -244,36 +274,38 @@ class Recommender:
             raise RequestError("k", f"must be at most {self.config.max_k}")
         return k
 
-    def _user_row(self, user_id: str):
-        """The user's items: training history plus events recorded since, as one CSR row."""
+    def _user_history(self, user_id: str):
+        """The user's ALS row (training history plus recorded events on trained items) and every item seen."""
         import scipy.sparse as sp
 
         n_items = len(self.item_ids)
         idx = self.user_index.get(user_id)
         row = self.user_items[idx] if idx is not None else sp.csr_matrix((1, n_items), dtype=np.float32)
-        recorded = [(self.item_index[i], w) for i, w in self.store.user_events(user_id) if i in self.item_index]
+        events = self.store.user_events(user_id)
+        seen = {self.item_ids[i] for i in row.indices} | {item for item, _ in events}
+        recorded = [(self.item_index[i], w) for i, w in events if i in self.item_index]
         if recorded:
             cols, vals = zip(*recorded, strict=True)
             row = row + sp.csr_matrix((vals, ([0] * len(cols), cols)), shape=(1, n_items), dtype=np.float32)
-        return idx, sp.csr_matrix(row, dtype=np.float32), bool(recorded)
+        return idx, sp.csr_matrix(row, dtype=np.float32), bool(recorded), seen
 
     def popular(self) -> list[tuple[str, float]]:
-        """Items by total engagement (training data plus recorded events), cached until the next event."""
+        """All items by total engagement (training data plus recorded events), best first, scores in [0, 1]."""
         cache = self._popular_cache
-        if cache is not None and time.monotonic() - cache[0] < 30:
+        if cache is not None and time.monotonic() - cache[0] < self.config.popular_cache_s:
             return cache[1]
-        totals = np.asarray(self.user_items.sum(axis=0)).ravel().astype(float)
+        totals = dict(zip(self.item_ids, np.asarray(self.user_items.sum(axis=0)).ravel().tolist(), strict=True))
         for item, weight in self.store.item_totals().items():
-            if item in self.item_index:
-                totals[self.item_index[item]] += weight
-        norm = totals.max() or 1.0
-        ranked = [(self.item_ids[i], float(totals[i] / norm)) for i in np.argsort(-totals, kind="stable")]
+            totals[item] = totals.get(item, 0.0) + weight
+        norm = max(totals.values(), default=0.0) or 1.0
+        ranked = sorted(((item, float(total / norm)) for item, total in totals.items()), key=lambda t: -t[1])
         self._popular_cache = (time.monotonic(), ranked)
         return ranked
 
     def recommend(self, request: RecommendRequest) -> Recommendations:
         k = self._k(request.k)
-        idx, row, has_new_events = self._user_row(request.user_id)
+        idx, row, has_new_events, seen = self._user_history(request.user_id)
+        excluded = seen if request.exclude_seen else set()
         items: list[ScoredItem] = []
         if row.nnz:
             with self._lock:
@@ -289,14 +321,23 @@ class Recommender:
                 for i, s in zip(ids, scores, strict=True)
                 if np.isfinite(s)
             ]
-        seen = set(row.indices.tolist()) if request.exclude_seen else set()
         chosen = {item.item_id for item in items}
-        for item_id, score in self.popular():  # cold users, and topping up a short list
-            if len(items) >= k:
-                break
-            if item_id not in chosen and self.item_index[item_id] not in seen:
-                items.append(ScoredItem(item_id=item_id, score=score, reason="popular"))
-                chosen.add(item_id)
+
+        def fill(candidates: list[tuple[str, float]], reason: Literal["popular", "fresh"], upto: int) -> None:
+            for item_id, score in candidates:
+                if len(items) >= upto:
+                    return
+                if item_id not in chosen and item_id not in excluded:
+                    items.append(ScoredItem(item_id=item_id, score=score, reason=reason))
+                    chosen.add(item_id)
+
+        if not items:  # a cold user: keep a few places for what is new, so new content gets seen
+            fill(
+                [(i, 0.0) for i in self.store.newest_items(self.config.fresh_slots + k)],
+                "fresh",
+                self.config.fresh_slots,
+            )
+        fill(self.popular(), "popular", k)  # cold users, and topping up a short list
         return Recommendations(items=items)
 
     def similar(self, request: SimilarRequest) -> Recommendations:
@@ -325,10 +366,13 @@ class RecommendDeployment(ModelReplica[RecommendConfig, Recommender]):
         return Recommender(config)
 
     async def recommend(self, request: RecommendRequest) -> Recommendations:
-        return await asyncio.to_thread(self.engine.recommend, request)
+        return await self.run(self.engine.recommend, request)
 
     async def similar(self, request: SimilarRequest) -> Recommendations:
-        return await asyncio.to_thread(self.engine.similar, request)
+        return await self.run(self.engine.similar, request)
 
     async def record(self, events: list[InteractionIn]) -> list[InteractionAck]:
-        return await asyncio.to_thread(self.engine.record, events)
+        return await self.run(self.engine.record, events)
+
+    async def add_items(self, items: list[ItemIn]) -> int:
+        return await self.run(self.engine.add_items, items)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from deployments.common import Placement, ServiceConfig, ServiceNotReady
+from deployments.common import InjectedFault, Placement, ServiceConfig, ServiceNotReady
 
 
 class Engine(Protocol):
@@ -33,6 +36,7 @@ class Engine(Protocol):
 
 ConfigT = TypeVar("ConfigT", bound=ServiceConfig)
 EngineT = TypeVar("EngineT", bound=Engine)
+ResultT = TypeVar("ResultT")
 
 
 def config_version(config: ServiceConfig) -> str:
@@ -73,6 +77,18 @@ class ModelReplica(Generic[ConfigT, EngineT]):
     async def check_health(self) -> None:
         await asyncio.to_thread(self.engine.check_health)
 
+    async def run(self, fn: Callable[..., ResultT], *args: Any) -> ResultT:
+        """Run a blocking engine call off the event loop, after any configured fault injection."""
+        await self.inject_faults()
+        return await asyncio.to_thread(fn, *args)
+
+    async def inject_faults(self) -> None:
+        faults = self.engine.config.faults
+        if faults.delay_s:
+            await asyncio.sleep(faults.delay_s)
+        if faults.error_rate and random.random() < faults.error_rate:
+            raise InjectedFault(f"injected fault in the {self.service} service (faults.error_rate)")
+
     # --- shared methods -------------------------------------------------------------------------------
     @property
     def engine(self) -> EngineT:
@@ -105,3 +121,31 @@ class ModelReplica(Generic[ConfigT, EngineT]):
             self._reloads += 1
         self._engine = engine
         self._loaded_at = time.time()
+
+
+_DONE = object()
+
+
+async def iterate_in_thread(
+    work: Callable[[Callable[[Any], None], threading.Event], Any],
+) -> AsyncIterator[Any]:
+    """Run blocking ``work(emit, cancel)`` in a thread; yield what it emits, then what it returns.
+
+    When the consumer stops early (a client disconnected, a timeout), ``cancel`` is set so the work can stop
+    instead of finishing for nobody.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def emit(item: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    task = asyncio.ensure_future(asyncio.to_thread(work, emit, cancel))
+    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
+    try:
+        while (item := await queue.get()) is not _DONE:
+            yield item
+        yield task.result()  # raises the work's error, if any
+    finally:
+        cancel.set()

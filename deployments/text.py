@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 from ray import serve
 
 from deployments.common import (
+    Narrative,
     RequestError,
     ServiceConfig,
     StrictModel,
@@ -19,10 +21,13 @@ from deployments.common import (
     resolve_model_source,
     resolve_placement,
 )
-from deployments.replica import ModelReplica
+from deployments.replica import ModelReplica, iterate_in_thread
 
 MAX_PROMPT_CHARS = 32_000
 MAX_TOKENS_BOUND = 4096  # a hard schema bound; the model's context and the config may allow less
+
+
+ArticleLength = Literal["short", "medium", "long"]
 
 
 # --- config -----------------------------------------------------------------------------------------------
@@ -42,6 +47,20 @@ class TextConfig(ServiceConfig):
     )
     health_probe: bool = Field(
         True, description="Health checks generate one token, proving the model answers, not only that it lives."
+    )
+    article_system_prompt: str = Field(
+        "You are a staff writer. Answer with a title on the first line, then the article.",
+        max_length=4000,
+        description="System message for articles written for the content pipeline.",
+    )
+    article_prompt: str = Field(
+        "Write a {length}, {style} article about: {topic}",
+        max_length=4000,
+        description="User message for articles; `{topic}`, `{style}` and `{length}` are filled in.",
+    )
+    article_tokens: dict[ArticleLength, int] = Field(
+        default_factory=lambda: {"short": 128, "medium": 320, "long": 640},
+        description="Token budget of an article per requested length (capped by `max_tokens_limit`).",
     )
 
 
@@ -78,6 +97,47 @@ class TextResult(StrictModel):
     prompt_tokens: int
     completion_tokens: int
     model: str
+
+
+class ArticleRequest(StrictModel):
+    """An article for the content pipeline: the prompt comes from config, the topic from the user."""
+
+    topic: str = Field(min_length=1, max_length=500)
+    style: str | None = Field(None, max_length=100)
+    length: ArticleLength = "short"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    model: str | None = Field(None, max_length=256)
+
+
+class Article(Narrative):
+    """A written article: its title and body, with what it cost."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+    model: str
+
+    @classmethod
+    def parse(cls, result: TextResult, topic: str) -> Article:
+        """Title from the first non-empty line (markdown and `Title:` stripped), body from the rest."""
+        lines = [line.strip() for line in result.text.strip().splitlines()]
+        lines = [line for line in lines if line]
+        title = lines[0].lstrip("#").strip() if lines else ""
+        if title.lower().startswith("title:"):
+            title = title[6:].strip()
+        body = "\n".join(lines[1:]).strip()
+        if not body:  # a one-paragraph answer: it is the body, and the topic names it
+            body, title = result.text.strip(), topic.strip()[:120]
+        if not body:
+            raise RuntimeError("the model wrote nothing")
+        return cls(
+            title=title[:200] or topic.strip()[:120],
+            body=body,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reason=result.finish_reason,
+            model=result.model,
+        )
 
 
 # --- engine -----------------------------------------------------------------------------------------------
@@ -145,9 +205,8 @@ class TextGenerator:
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join([*lines, "assistant:"])
 
-    def generate(self, request: TextRequest) -> TextResult:
-        import torch
-
+    def _prepare(self, request: TextRequest) -> _Prepared:
+        """Validate against the model and config, and encode: everything before the model runs."""
         cfg = self.config
         cfg.check_model(request.model)
         max_tokens = request.max_tokens or cfg.default_max_tokens
@@ -155,8 +214,7 @@ class TextGenerator:
             raise RequestError("max_tokens", f"must be at most {cfg.max_tokens_limit} for this model")
         temperature = cfg.default_temperature if request.temperature is None else request.temperature
         top_p = cfg.default_top_p if request.top_p is None else request.top_p
-        text = self.render_prompt(request)
-        encoded = self.tokenizer(text, return_tensors="pt")
+        encoded = self.tokenizer(self.render_prompt(request), return_tensors="pt")
         prompt_tokens = int(encoded["input_ids"].shape[1])
         field = "prompt" if request.prompt is not None else "messages"
         if prompt_tokens == 0:
@@ -172,59 +230,160 @@ class TextGenerator:
         sampling: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:
             sampling.update(temperature=temperature, top_p=top_p, top_k=0)
-        if request.stop:
-            sampling["stopping_criteria"] = [_stop_on_text_class()(self.tokenizer, request.stop, prompt_tokens)]
-        encoded = {k: v.to(self.placement.device) for k, v in encoded.items()}
+        return _Prepared(
+            encoded={k: v.to(self.placement.device) for k, v in encoded.items()},
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            sampling=sampling,
+            stop=list(request.stop),
+            seed=request.seed,
+        )
+
+    def _run(
+        self, prepared: _Prepared, emit: Callable[[str], None] | None = None, cancel: threading.Event | None = None
+    ) -> TextResult:
+        """Generate; ``emit`` receives text deltas as tokens arrive; ``cancel`` stops generation early."""
+        import torch
+
+        watcher = _watcher_class()(self.tokenizer, prepared.stop, emit, cancel)
         with self._lock, torch.inference_mode():
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
-            output = self.model.generate(
-                **encoded,
-                max_new_tokens=max_tokens,
+            if prepared.seed is not None:
+                torch.manual_seed(prepared.seed)
+            self.model.generate(
+                **prepared.encoded,
+                max_new_tokens=prepared.max_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
-                **sampling,
+                streamer=watcher,
+                stopping_criteria=[watcher],
+                **prepared.sampling,
             )
-        new_tokens = output[0, prompt_tokens:].tolist()
-        hit_eos = bool(new_tokens) and new_tokens[-1] == self.tokenizer.eos_token_id
-        if hit_eos:
-            new_tokens = new_tokens[:-1]
-        completion = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        finish = "stop" if hit_eos else "length"
-        for stop in request.stop:
-            cut = completion.find(stop)
-            if cut != -1:
-                completion, finish = completion[:cut], "stop"
+        text, finish = watcher.finish()
         return TextResult(
-            text=completion,
+            text=text,
             finish_reason=finish,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=len(new_tokens) + int(hit_eos),
-            model=cfg.name,
+            prompt_tokens=prepared.prompt_tokens,
+            completion_tokens=watcher.generated_tokens,
+            model=self.config.name,
         )
+
+    def generate(
+        self,
+        request: TextRequest,
+        emit: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> TextResult:
+        """Generate a completion; ``emit`` (optional) gets each new piece of text, stop sequences never leak."""
+        return self._run(self._prepare(request), emit, cancel)
+
+    # --- articles -----------------------------------------------------------------------------------------
+    def article_request(self, request: ArticleRequest) -> TextRequest:
+        cfg = self.config
+        style = request.style or "engaging"
+        user = cfg.article_prompt.format(topic=request.topic, style=style, length=request.length)
+        return TextRequest(
+            model=request.model,
+            messages=[
+                ChatMessage(role="system", content=cfg.article_system_prompt),
+                ChatMessage(role="user", content=user),
+            ],
+            max_tokens=min(cfg.article_tokens[request.length], cfg.max_tokens_limit),
+            seed=request.seed,
+        )
+
+    def write_article(
+        self,
+        request: ArticleRequest,
+        emit: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Article:
+        return Article.parse(self.generate(self.article_request(request), emit, cancel), request.topic)
+
+
+@dataclass
+class _Prepared:
+    encoded: dict[str, Any]
+    prompt_tokens: int
+    max_tokens: int
+    sampling: dict[str, Any]
+    stop: list[str]
+    seed: int | None
 
 
 @functools.cache
-def _stop_on_text_class() -> type:
+def _watcher_class() -> type:
+    """Built on first use so that importing this module does not import transformers."""
     from transformers import StoppingCriteria
+    from transformers.generation.streamers import BaseStreamer
 
-    class StopOnText(StoppingCriteria):
-        """Stops once the *generated* text holds a stop sequence (OpenAI semantics: the prompt does not count,
-        unlike transformers' ``stop_strings``, which also matches across the prompt's tail)."""
+    class GenerationWatcher(BaseStreamer, StoppingCriteria):
+        """Streams decoded text and stops generation at a stop sequence or on cancel.
 
-        def __init__(self, tokenizer: Any, stops: list[str], prompt_tokens: int) -> None:
-            self.tokenizer, self.stops, self.prompt_tokens = tokenizer, stops, prompt_tokens
+        Stop sequences count in the generated text only (OpenAI semantics; transformers' own ``stop_strings``
+        also match across the prompt's tail). Text that could begin a stop sequence, or a character whose
+        UTF-8 bytes are still incomplete, is held back until it is certain.
+        """
+
+        def __init__(
+            self,
+            tokenizer: Any,
+            stops: list[str],
+            emit: Callable[[str], None] | None,
+            cancel: threading.Event | None,
+        ) -> None:
+            self.tokenizer, self.stops, self.emit, self.cancel = tokenizer, stops, emit, cancel
+            self.ids: list[int] = []
+            self.text = ""
+            self.sent = 0
+            self.stop_at: int | None = None
+            self.hit_eos = False
+            self.prompt_seen = False
+            self.hold = max((len(s) for s in stops), default=1) - 1
+
+        @property
+        def generated_tokens(self) -> int:
+            return len(self.ids) + int(self.hit_eos)
+
+        def put(self, value: Any) -> None:
+            if not self.prompt_seen:  # generate() hands over the prompt first
+                self.prompt_seen = True
+                return
+            for token in value.reshape(-1).tolist():
+                if self.stop_at is not None or self.hit_eos:
+                    return
+                if token == self.tokenizer.eos_token_id:
+                    self.hit_eos = True
+                    return
+                self.ids.append(token)
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            hits = [i for i in (self.text.find(s) for s in self.stops) if i != -1]
+            if hits:
+                self.stop_at = min(hits)
+                self._send(self.stop_at)
+            else:
+                self._send(len(self.text.rstrip("\ufffd")) - self.hold)
+
+        def end(self) -> None:
+            """Called by generate() when it is done; ``finish`` flushes what was held back."""
+
+        def _send(self, upto: int) -> None:
+            if upto > self.sent:
+                piece, self.sent = self.text[self.sent : upto], upto
+                if self.emit is not None:
+                    self.emit(piece)
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             import torch
 
-            done = [
-                any(s in self.tokenizer.decode(row[self.prompt_tokens :], skip_special_tokens=True) for s in self.stops)
-                for row in input_ids
-            ]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+            done = self.stop_at is not None or (self.cancel is not None and self.cancel.is_set())
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
-    return StopOnText
+        def finish(self) -> tuple[str, Literal["stop", "length"]]:
+            end = self.stop_at if self.stop_at is not None else len(self.text)
+            self._send(end)
+            return self.text[:end], "stop" if (self.stop_at is not None or self.hit_eos) else "length"
+
+    return GenerationWatcher
 
 
 # --- Serve deployment -------------------------------------------------------------------------------------
@@ -238,4 +397,20 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
         return TextGenerator(config)
 
     async def generate(self, request: TextRequest) -> TextResult:
-        return await asyncio.to_thread(self.engine.generate, request)
+        return await self.run(self.engine.generate, request)
+
+    async def generate_stream(self, request: TextRequest) -> AsyncIterator[str | TextResult]:
+        """Text deltas as they are generated, then the full result; closing the stream stops generation."""
+        await self.inject_faults()
+        engine = self.engine
+        async for item in iterate_in_thread(lambda emit, cancel: engine.generate(request, emit, cancel)):
+            yield item
+
+    async def write_article(self, request: ArticleRequest) -> Article:
+        return await self.run(self.engine.write_article, request)
+
+    async def write_article_stream(self, request: ArticleRequest) -> AsyncIterator[str | Article]:
+        await self.inject_faults()
+        engine = self.engine
+        async for item in iterate_in_thread(lambda emit, cancel: engine.write_article(request, emit, cancel)):
+            yield item

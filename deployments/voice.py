@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import threading
@@ -12,7 +11,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from ray import serve
 
-from deployments.common import RequestError, ServiceConfig, StrictModel, resolve_model_source, resolve_placement
+from deployments.common import (
+    Narrative,
+    RequestError,
+    ServiceConfig,
+    StrictModel,
+    resolve_model_source,
+    resolve_placement,
+)
 from deployments.replica import ModelReplica
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech
@@ -37,13 +43,18 @@ class VoiceConfig(ServiceConfig):
     health_probe: bool = Field(True, description="Health checks synthesize one short word.")
 
 
-class VoiceRequest(StrictModel):
-    model: str | None = Field(None, max_length=256, description="Model asked for; must be the one served.")
-    input: str = Field(min_length=1, max_length=100_000, description="Text to speak.")
+class VoiceOptions(StrictModel):
+    """How to speak; everything but the text. Omitted fields default from the service config."""
+
     voice: str | None = Field(None, max_length=128, description="Speaker (or alias); default from config.")
     language: str | None = Field(None, max_length=32)
     response_format: AudioFormat = "wav"
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+class VoiceRequest(VoiceOptions):
+    model: str | None = Field(None, max_length=256, description="Model asked for; must be the one served.")
+    input: str = Field(min_length=1, max_length=100_000, description="Text to speak.")
 
 
 class VoiceResult(StrictModel):
@@ -54,6 +65,16 @@ class VoiceResult(StrictModel):
     sentences: int
     voice: str | None
     model: str
+
+
+def narration_text(narrative: Narrative, max_chars: int) -> str:
+    """What to read aloud for a titled text: the title, then the body, cut at the last sentence that fits."""
+    text = f"{narrative.title.strip().rstrip('.')}. {narrative.body.strip()}" if narrative.title else narrative.body
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    end = max(head.rfind(". "), head.rfind("! "), head.rfind("? "))
+    return head[: end + 1] if end > 0 else head
 
 
 def split_sentences(text: str, max_chars: int) -> list[str]:
@@ -192,4 +213,10 @@ class VoiceDeployment(ModelReplica[VoiceConfig, VoiceSynthesizer]):
         return VoiceSynthesizer(config)
 
     async def synthesize(self, request: VoiceRequest) -> VoiceResult:
-        return await asyncio.to_thread(self.engine.synthesize, request)
+        return await self.run(self.engine.synthesize, request)
+
+    async def narrate(self, narrative: Narrative, options: VoiceOptions) -> VoiceResult:
+        """Read a titled text aloud (the content pipeline passes the text service's response straight in)."""
+        engine = self.engine
+        text = narration_text(narrative, engine.config.max_input_chars)
+        return await self.run(engine.synthesize, VoiceRequest(input=text, **options.model_dump()))

@@ -1,4 +1,4 @@
-"""Application builder: binds the four model deployments and the ingress into one Serve application.
+"""Application builder: binds the four model deployments, the content pipeline and the ingress into one app.
 
 Used by Serve configs as ``import_path: graphs.app:build_app``. Each deployment's configuration is its
 ``user_config``: the Serve config's ``deployments:`` entries carry it (so ``serve deploy`` can change one
@@ -20,6 +20,7 @@ from deployments.recommend import RecommendConfig, RecommendDeployment
 from deployments.text import TextConfig, TextDeployment
 from deployments.voice import VoiceConfig, VoiceDeployment
 from graphs.ingress import Ingress, IngressConfig
+from graphs.pipeline import PipelineConfig, PipelineDeployment
 
 
 class AppArgs(StrictModel):
@@ -29,6 +30,7 @@ class AppArgs(StrictModel):
     image: ImageConfig | None = Field(None, description="Default user_config of the `image` deployment.")
     voice: VoiceConfig | None = Field(None, description="Default user_config of the `voice` deployment.")
     recommend: RecommendConfig | None = Field(None, description="Default user_config of `recommend`.")
+    pipeline: PipelineConfig | None = Field(None, description="Default user_config of the `pipeline`.")
     ingress: IngressConfig | None = Field(None, description="Default user_config of the `ingress`.")
 
 
@@ -45,5 +47,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     image = _with_config(ImageDeployment, parsed.image).bind()
     voice = _with_config(VoiceDeployment, parsed.voice).bind()
     recommend = _with_config(RecommendDeployment, parsed.recommend).bind()
+    pipeline = _with_config(PipelineDeployment, parsed.pipeline).bind(text, image, voice, recommend)
     ingress = _with_config(Ingress, parsed.ingress)
-    return ingress.bind(text, image, voice, recommend)
+    return ingress.bind(text, image, voice, recommend, pipeline)

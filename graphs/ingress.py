@@ -7,19 +7,20 @@ takes longer than its timeout. Nothing waits without bound.
 """
 
 import asyncio
+import json
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.common import RequestError, ServiceNotReady, StrictModel
+from deployments.common import StrictModel
 from deployments.recommend import (
     ID_PATTERN,
     MAX_K,
@@ -28,6 +29,8 @@ from deployments.recommend import (
     RecommendRequest,
     SimilarRequest,
 )
+from graphs.errors import CallFailure, classify
+from graphs.pipeline import ContentPage, ContentRecord, ContentRequest, PipelineFailed
 from graphs.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -39,6 +42,7 @@ from graphs.protocol import (
     ModelList,
     SpeechRequest,
 )
+from graphs.storage import CONTENT_ID
 
 logger = logging.getLogger("content_studio.ingress")
 T = TypeVar("T")
@@ -52,6 +56,7 @@ class ServiceTimeouts(StrictModel):
     image: float = Field(120.0, gt=0, le=3600)
     voice: float = Field(120.0, gt=0, le=3600)
     recommend: float = Field(10.0, gt=0, le=3600)
+    pipeline: float = Field(600.0, gt=0, le=7200, description="Whole content requests (stages time out inside).")
 
 
 class IngressConfig(StrictModel):
@@ -76,6 +81,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.status_code, self.message, self.param, self.kind = status_code, message, param, kind
         self.headers: dict[str, str] = {}
+        self.original: BaseException | None = None  # what a service raised, when this error stands for it
 
 
 def error_body(message: str, param: str | None, kind: str, code: str | None = None) -> dict[str, Any]:
@@ -127,24 +133,21 @@ async def _awaitable(response: Awaitable[T]) -> T:
     return await response
 
 
-def _is_unavailable(exc: BaseException) -> bool:
-    """Ray's ways of saying that no replica could take the request."""
-    from ray import exceptions as ray_exc
-    from ray.serve import exceptions as serve_exc
-
-    unavailable = (
-        serve_exc.BackPressureError,
-        serve_exc.DeploymentUnavailableError,
-        serve_exc.ReplicaUnavailableError,
-        ray_exc.RayActorError,
-        ray_exc.ActorUnavailableError,
-        ray_exc.NodeDiedError,
-        ray_exc.WorkerCrashedError,
-    )
-    return isinstance(exc, unavailable) or isinstance(getattr(exc, "cause", None), unavailable)
-
-
 app = create_app()
+
+
+async def _sse(stream: Any) -> AsyncIterator[str]:
+    """Server-sent events from the pipeline's event stream; a broken stream ends with a `failed` event."""
+    try:
+        async for item in stream:
+            yield f"event: {item['event']}\ndata: {json.dumps(item['data'])}\n\n"
+    except Exception as exc:
+        failure = classify(exc, "pipeline")
+        yield f"event: failed\ndata: {json.dumps({'error': failure.message})}\n\n"
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ContentIdParam = Annotated[str, Path(pattern=CONTENT_ID.pattern, description="A content id (`c` + 32 hex).")]
 KParam = Annotated[int | None, Query(ge=1, le=MAX_K, description="How many items (default from config).")]
 
 
@@ -161,6 +164,7 @@ class Ingress:
         image: DeploymentHandle,
         voice: DeploymentHandle,
         recommend: DeploymentHandle,
+        pipeline: DeploymentHandle,
         config: dict[str, Any] | None = None,
     ) -> None:
         self.handles: dict[str, DeploymentHandle] = {
@@ -168,6 +172,7 @@ class Ingress:
             "image": image,
             "voice": voice,
             "recommend": recommend,
+            "pipeline": pipeline,
         }
         self.config = IngressConfig.model_validate(config or {})
 
@@ -181,22 +186,18 @@ class Ingress:
         response = getattr(self.handles[service], method).remote(*args)
         try:
             return await asyncio.wait_for(_awaitable(response), timeout=limit)
-        except RequestError as exc:
-            cause = getattr(exc, "cause", exc)
-            raise ApiError(cause.status_code, f"{cause.field}: {cause.message}", cause.field) from None
-        except TimeoutError:
-            raise ApiError(504, f"the {service} service did not answer within {limit:g}s", None, "timeout") from None
-        except ServiceNotReady as exc:
-            raise self._unavailable(service, str(getattr(exc, "cause", exc))) from None
         except Exception as exc:
-            if _is_unavailable(exc):
-                raise self._unavailable(service, str(exc).splitlines()[0]) from None
-            logger.exception("%s.%s failed", service, method)
-            raise ApiError(500, f"the {service} service failed: {type(exc).__name__}", None, "server_error") from None
+            failure = classify(exc, service, limit)
+            if failure.status_code == 500:
+                logger.exception("%s.%s failed", service, method)
+            error = self._api_error(failure)
+            error.original = getattr(exc, "cause", None) or exc
+            raise error from None
 
-    def _unavailable(self, service: str, detail: str) -> ApiError:
-        error = ApiError(503, f"the {service} service is unavailable: {detail}", None, "service_unavailable")
-        error.headers["Retry-After"] = str(self.config.retry_after_s)
+    def _api_error(self, failure: CallFailure) -> ApiError:
+        error = ApiError(failure.status_code, failure.message, failure.field, failure.kind)
+        if failure.status_code == 503:
+            error.headers["Retry-After"] = str(self.config.retry_after_s)
         return error
 
     # --- OpenAI-compatible routes ---------------------------------------------------------------------------
@@ -265,6 +266,56 @@ class Ingress:
     @app.get("/v1/items/{item_id}/similar", response_model=Recommendations)
     async def similar(self, item_id: Annotated[str, Path(pattern=ID_PATTERN)], k: KParam = None) -> Recommendations:
         return await self.call("recommend", "similar", SimilarRequest(item_id=item_id, k=k))
+
+    # --- content pipeline ---------------------------------------------------------------------------------
+    @app.post(
+        "/v1/content",
+        response_model=ContentRecord,
+        responses={200: {"content": {"text/event-stream": {}}}, 502: {"model": ContentRecord}},
+    )
+    async def create_content(self, body: ContentRequest) -> Any:
+        if body.stream:
+            stream = self.handles["pipeline"].options(stream=True).create_stream.remote(body)
+            return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=_SSE_HEADERS)
+        try:
+            return await self.call("pipeline", "create", body)
+        except ApiError as exc:
+            if isinstance(exc.original, PipelineFailed):  # no article: answer with the failed record
+                content = {
+                    **exc.original.record.model_dump(mode="json"),
+                    **error_body(exc.message, exc.param, exc.kind),
+                }
+                return JSONResponse(status_code=exc.status_code, content=content, headers=exc.headers)
+            raise
+
+    @app.get("/v1/content", response_model=ContentPage)
+    async def list_content(
+        self,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> ContentPage:
+        return await self.call("pipeline", "list_records", limit, offset)
+
+    @app.get("/v1/content/{content_id}", response_model=ContentRecord)
+    async def get_content(self, content_id: ContentIdParam) -> ContentRecord:
+        record = await self.call("pipeline", "get_record", content_id)
+        if record is None:
+            raise ApiError(404, f"content {content_id!r} not found", "content_id")
+        return record
+
+    @app.get("/v1/content/{content_id}/image", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def content_image(self, content_id: ContentIdParam) -> Response:
+        return await self._asset(content_id, "image", "image/png")
+
+    @app.get("/v1/content/{content_id}/audio", response_class=Response, responses={200: {"content": {"audio/wav": {}}}})
+    async def content_audio(self, content_id: ContentIdParam) -> Response:
+        return await self._asset(content_id, "audio", "audio/wav")
+
+    async def _asset(self, content_id: str, kind: str, media_type: str) -> Response:
+        data = await self.call("pipeline", "get_asset", content_id, kind)
+        if data is None:
+            raise ApiError(404, f"content {content_id!r} has no {kind}", "content_id")
+        return Response(content=data, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})
 
     # --- health -------------------------------------------------------------------------------------------
     async def _describe_all(self) -> dict[str, dict[str, Any]]:

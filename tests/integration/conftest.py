@@ -39,9 +39,10 @@ def session_config(source: Path, project_root: Path, port: int) -> dict:
 
 def serve_cli(*args: str, dashboard: str) -> subprocess.CompletedProcess:
     serve = Path(sys.executable).with_name("serve")
-    return subprocess.run(
-        [str(serve), *args, "--address", dashboard], check=True, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([str(serve), *args, "--address", dashboard], capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        raise RuntimeError(f"serve {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
 
 
 def wait_healthy(url: str, timeout: float = READY_TIMEOUT_S) -> dict:
@@ -66,6 +67,7 @@ def ray_cluster() -> Iterator[dict[str, str]]:
 
     dashboard_port = free_port()
     context = ray.init(
+        address="local",  # always a fresh instance, even when a `ray start` cluster runs on this machine
         num_cpus=4,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
@@ -111,3 +113,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# Ray 2.60 turns on token authentication for a new local cluster; say so explicitly, so that the `serve` CLI
+# (a subprocess that inherits this) sends the token too.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def wait_deployments_healthy(app: str, deployments: tuple[str, ...], timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait until Serve reports these deployments of ``app`` HEALTHY (the app may still be deploying others)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout
+    states: dict = {}
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app)
+        states = {name: d.status for name, d in status.deployments.items()} if status else {}
+        if all(states.get(name) == "HEALTHY" for name in deployments):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"{app}: {deployments} not all HEALTHY after {timeout}s (last: {states})")
+
+
+@pytest.fixture(scope="session")
+def redeploy(deployed_app: dict, tmp_path_factory):
+    """Deploy a changed config with ``serve deploy``, as an operator would; restores the original afterwards."""
+    folder = tmp_path_factory.mktemp("redeploy")
+    count = 0
+
+    def apply(config: dict, app: str | None = None, healthy: tuple[str, ...] = ()) -> None:
+        nonlocal count
+        count += 1
+        path = folder / f"config-{count}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        serve_cli("deploy", str(path), dashboard=deployed_app["dashboard"])
+        if app:
+            wait_deployments_healthy(app, healthy)
+
+    yield apply
+    if count:
+        serve_cli("deploy", str(deployed_app["config_path"]), dashboard=deployed_app["dashboard"])

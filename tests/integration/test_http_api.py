@@ -65,14 +65,14 @@ def test_recommendations_for_known_and_unknown_users(client: httpx.Client) -> No
     known = client.get("/v1/recommendations", params={"user_id": "user-1", "k": 5}).json()["items"]
     assert len(known) == 5 and {i["reason"] for i in known} == {"als"}
     unknown = client.get("/v1/recommendations", params={"user_id": "visitor-42", "k": 3}).json()["items"]
-    assert len(unknown) == 3 and {i["reason"] for i in unknown} == {"popular"}
+    assert len(unknown) == 3 and {i["reason"] for i in unknown} <= {"popular", "fresh"}  # fresh: new content
     for item in known + unknown:
         assert set(item) == {"item_id", "score", "reason"}
 
 
 def test_interactions_change_what_a_new_user_sees(client: httpx.Client) -> None:
     before = client.get("/v1/recommendations", params={"user_id": "fresh-user", "k": 3}).json()["items"]
-    assert {i["reason"] for i in before} == {"popular"}
+    assert {i["reason"] for i in before} <= {"popular", "fresh"}
     for item in ("item-3", "item-7", "item-11"):
         response = client.post("/v1/interactions", json={"user_id": "fresh-user", "item_id": item, "event": "like"})
         assert response.status_code == 202

@@ -16,6 +16,7 @@ from deployments.text import TextConfig
 from deployments.voice import VoiceConfig
 from graphs.app import build_app
 from graphs.ingress import IngressConfig
+from graphs.pipeline import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted([ROOT / "serve_config.yaml", *(ROOT / "configs").glob("*.yaml")])
@@ -24,6 +25,7 @@ SERVICE_CONFIGS = {
     "image": ImageConfig,
     "voice": VoiceConfig,
     "recommend": RecommendConfig,
+    "pipeline": PipelineConfig,
     "ingress": IngressConfig,
 }
 
@@ -41,7 +43,8 @@ def test_serve_config_validates(path: Path) -> None:
 
 def test_local_profile_points_at_the_tiny_models() -> None:
     app = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]
-    models = {d["name"]: d["user_config"].get("model") for d in app["deployments"] if d["name"] != "ingress"}
+    models = {d["name"]: d["user_config"]["model"] for d in app["deployments"] if "model" in d["user_config"]}
+    assert set(models) == {"text", "image", "voice", "recommend"}
     assert all(m.startswith(".cache/models/tiny/") for m in models.values())
     assert app["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
 

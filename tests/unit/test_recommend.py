@@ -112,3 +112,17 @@ def test_k_zero_is_rejected_by_the_schema() -> None:
     with pytest.raises(ValidationError) as err:
         RecommendRequest(user_id="u", k=0)
     assert err.value.errors()[0]["loc"][0] == "k"
+
+
+def test_registered_items_are_fresh_for_cold_users_and_accept_interactions(recommender: Recommender) -> None:
+    from deployments.recommend import ItemIn
+
+    assert recommender.add_items([ItemIn(item_id="c-new-1", title="New"), ItemIn(item_id="c-new-2")]) == 2
+    assert recommender.add_items([ItemIn(item_id="c-new-1", title="Again")]) == 0  # known items stay as they are
+    items = recommender.recommend(RecommendRequest(user_id="cold", k=5)).items
+    assert [i.reason for i in items[:2]] == ["fresh", "fresh"]
+    assert {i.item_id for i in items[:2]} == {"c-new-1", "c-new-2"}
+    assert [i.reason for i in items[2:]] == ["popular"] * 3
+    recommender.record([InteractionIn(user_id="cold", item_id="c-new-1", event="listen")])
+    after = recommender.recommend(RecommendRequest(user_id="cold", k=5)).items
+    assert "c-new-1" not in {i.item_id for i in after}  # seen now

@@ -1,0 +1,385 @@
+"""The content pipeline: one request writes an article, makes its image and audio, stores it, recommends more.
+
+A deployment of its own (it owns the content catalog and the asset store, and scales apart from the ingress),
+composed with the four model services by ``DeploymentHandle``s::
+
+    text.write_article ──► image.illustrate ─┐
+            │          └─► voice.narrate ────┼──► store (assets, then record) ──► recommend.add_items
+            └ (in parallel) recommend.recommend ┘
+
+The article's ``DeploymentResponse`` is handed straight to the image and voice calls, so they start the moment
+the article exists without the pipeline relaying it. Every stage has a timeout. Image, audio and recommendations
+are optional: when one fails or times out the record is ``partial`` and names the stage in ``errors``. Without an
+article there is nothing to build on: the request fails clearly and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.common import StrictModel
+from deployments.image import ImageOptions, ImageResult
+from deployments.recommend import ID_PATTERN, ItemIn, Recommendations, RecommendRequest, ScoredItem
+from deployments.text import Article, ArticleLength, ArticleRequest
+from deployments.voice import VoiceOptions, VoiceResult
+from graphs.errors import CallFailure, classify
+from graphs.storage import CONTENT_ID, AssetStore, ContentCatalog, new_content_id
+
+logger = logging.getLogger("content_studio.pipeline")
+
+
+# --- config and schemas -----------------------------------------------------------------------------------
+class StageTimeouts(StrictModel):
+    """Seconds each stage may take; image and audio count from the moment the article exists."""
+
+    article: float = Field(120.0, gt=0, le=3600)
+    image: float = Field(120.0, gt=0, le=3600)
+    audio: float = Field(120.0, gt=0, le=3600)
+    recommendations: float = Field(10.0, gt=0, le=3600)
+
+
+class PipelineConfig(StrictModel):
+    """Configuration of the pipeline deployment (its ``user_config``)."""
+
+    catalog_url: str = Field(
+        "sqlite:///data/content.db",
+        description="SQLAlchemy URL of the content catalog (relative SQLite paths resolve against the project root).",
+    )
+    asset_url: str = Field(
+        "data/assets", description="fsspec URL or folder for images and audio (`s3://bucket/prefix` in a cluster)."
+    )
+    timeouts_s: StageTimeouts = Field(default_factory=StageTimeouts)
+    recommendations_k: int = Field(5, ge=1, le=100, description="Recommendations returned with each content.")
+    register_items: bool = Field(True, description="Make stored content an item the recommender knows.")
+
+
+class ContentImageOptions(ImageOptions):
+    n: int = Field(1, ge=1, le=1, description="One image per content.")
+
+
+class ContentVoiceOptions(VoiceOptions):
+    response_format: Literal["wav"] = Field("wav", description="Stored audio is WAV.")
+
+
+class ContentRequest(StrictModel):
+    topic: str = Field(min_length=1, max_length=500, description="What the article is about.")
+    user_id: str | None = Field(None, pattern=ID_PATTERN, description="Who asks; recommendations are for them.")
+    style: str | None = Field(None, max_length=100, description="e.g. `playful`, `news`, `watercolor`.")
+    length: ArticleLength = "short"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seeds the article, image and voice.")
+    image: ContentImageOptions = Field(default_factory=ContentImageOptions)
+    voice: ContentVoiceOptions = Field(default_factory=ContentVoiceOptions)
+    stream: bool = Field(False, description="Answer with server-sent events as the content is made.")
+
+    @field_validator("topic")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
+class ArticleOut(StrictModel):
+    title: str
+    body: str
+
+
+class ContentRecord(StrictModel):
+    id: str
+    status: Literal["complete", "partial", "failed"]
+    topic: str
+    user_id: str | None = None
+    style: str | None = None
+    length: ArticleLength
+    article: ArticleOut | None = None
+    image_url: str | None = None
+    audio_url: str | None = None
+    image_prompt: str | None = None
+    audio_duration_s: float | None = None
+    recommendations: list[ScoredItem] = Field(default_factory=list)
+    errors: dict[str, str] = Field(default_factory=dict)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict)
+    created_at: float
+
+
+class ContentPage(StrictModel):
+    items: list[ContentRecord]
+    total: int
+    limit: int
+    offset: int
+
+
+class PipelineFailed(Exception):
+    """The article stage failed: there is no content. Carries the record (status failed) and the failure."""
+
+    def __init__(self, record: ContentRecord, failure: CallFailure) -> None:
+        super().__init__(failure.message)
+        self.record, self.failure = record, failure
+
+    def __reduce__(self):
+        return (type(self), (self.record, self.failure))
+
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+async def _no_events(event: str, data: dict[str, Any]) -> None:
+    return None
+
+
+# --- the pipeline -----------------------------------------------------------------------------------------
+class ContentPipeline:
+    """Runs the stages over the four services' handles and keeps what they made."""
+
+    def __init__(
+        self,
+        text: DeploymentHandle,
+        image: DeploymentHandle,
+        voice: DeploymentHandle,
+        recommend: DeploymentHandle,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.text, self.image, self.voice, self.recommend = text, image, voice, recommend
+        self.config = PipelineConfig.model_validate(config or {})
+        self._catalog: ContentCatalog | None = None  # opened on first use, from the config in force then
+        self._assets: AssetStore | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        new = PipelineConfig.model_validate(user_config or {})
+        if new.catalog_url != self.config.catalog_url:
+            self._catalog = None
+        if new.asset_url != self.config.asset_url:
+            self._assets = None
+        self.config = new
+
+    @property
+    def catalog(self) -> ContentCatalog:
+        if self._catalog is None:
+            self._catalog = ContentCatalog(self.config.catalog_url)
+        return self._catalog
+
+    @property
+    def assets(self) -> AssetStore:
+        if self._assets is None:
+            self._assets = AssetStore(self.config.asset_url)
+        return self._assets
+
+    # --- creating -----------------------------------------------------------------------------------------
+    async def create(self, request: ContentRequest) -> ContentRecord:
+        """Make one piece of content; raises ``PipelineFailed`` when there is no article."""
+        return await self._run(request, _no_events)
+
+    async def create_stream(self, request: ContentRequest) -> AsyncIterator[dict[str, Any]]:
+        """The same as ``create``, as events: ``started``, ``token``s, ``article``, one per finished stage,
+        then ``complete`` (or ``failed``) with the whole record."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def emit(event: str, data: dict[str, Any]) -> None:
+            await queue.put({"event": event, "data": data})
+
+        async def run() -> None:
+            try:
+                record = await self._run(request, emit)
+                await emit("complete", record.model_dump(mode="json"))
+            except PipelineFailed as exc:
+                await emit("failed", {**exc.record.model_dump(mode="json"), "error": exc.failure.message})
+            except Exception as exc:  # never leave a stream hanging without a last word
+                logger.exception("pipeline failed")
+                await emit("failed", {"error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                await queue.put(None)
+
+        task = asyncio.create_task(run())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            if not task.done():  # the client went away: stop making content for nobody
+                task.cancel()
+
+    async def _run(self, request: ContentRequest, emit: Emit) -> ContentRecord:
+        cfg = self.config
+        started = time.perf_counter()
+        content_id = new_content_id()
+        record = ContentRecord(
+            id=content_id,
+            status="failed",
+            topic=request.topic,
+            user_id=request.user_id,
+            style=request.style,
+            length=request.length,
+            created_at=time.time(),
+        )
+        await emit("started", {"id": content_id})
+        article_request = ArticleRequest(
+            topic=request.topic, style=request.style, length=request.length, seed=request.seed
+        )
+        image_options = request.image
+        if image_options.seed is None:
+            image_options = image_options.model_copy(update={"seed": request.seed})
+        voice_options = request.voice
+        if voice_options.seed is None:
+            voice_options = voice_options.model_copy(update={"seed": request.seed})
+        recommendations = self.recommend.recommend.remote(
+            RecommendRequest(user_id=request.user_id or "anonymous", k=cfg.recommendations_k)
+        )
+
+        # Stage 1: the article. Streamed token by token when asked, else chained straight into image and voice.
+        image_call = audio_call = None
+        try:
+            if request.stream:
+                article = await self._stream_article(article_request, emit)
+                source: Any = article
+                image_call = self.image.illustrate.remote(source, image_options, request.style)
+                audio_call = self.voice.narrate.remote(source, voice_options)
+            else:
+                article_call = self.text.write_article.remote(article_request)
+                image_call = self.image.illustrate.remote(article_call, image_options, request.style)
+                audio_call = self.voice.narrate.remote(article_call, voice_options)
+                article = await asyncio.wait_for(_await(article_call), cfg.timeouts_s.article)
+        except Exception as exc:
+            failure = classify(exc, "text", cfg.timeouts_s.article)
+            for call in (image_call, audio_call, recommendations):
+                if call is not None:
+                    call.cancel()
+            record.errors["article"] = failure.message
+            record.timings_ms["article"] = _ms(started)
+            raise PipelineFailed(record, failure) from None
+        record.timings_ms["article"] = _ms(started)
+        record.article = ArticleOut(title=article.title, body=article.body)
+        record.models["article"] = article.model
+        await emit("article", {"title": article.title, "body": article.body, "ms": record.timings_ms["article"]})
+
+        # Stage 2: image, audio and recommendations, each with its own timeout, reported as each finishes.
+        media_started = time.perf_counter()
+        calls = {"image": image_call, "audio": audio_call, "recommendations": recommendations}
+        limits = {stage: getattr(cfg.timeouts_s, stage) for stage in calls}
+        results: dict[str, Any] = {}
+
+        async def stage(name: str) -> None:
+            try:
+                results[name] = await asyncio.wait_for(_await(calls[name]), limits[name])
+            except Exception as exc:
+                calls[name].cancel()
+                service = {"image": "image", "audio": "voice", "recommendations": "recommend"}[name]
+                record.errors[name] = classify(exc, service, limits[name]).message
+            record.timings_ms[name] = _ms(media_started)
+            event: dict[str, Any] = {"ok": name in results, "ms": record.timings_ms[name]}
+            if name in record.errors:
+                event["error"] = record.errors[name]
+            await emit(name, event)
+
+        await asyncio.gather(*(stage(name) for name in calls))
+
+        # Stage 3: store the assets, then the record (so a record never points at a missing asset).
+        store_started = time.perf_counter()
+        image: ImageResult | None = results.get("image")
+        audio: VoiceResult | None = results.get("audio")
+        recs: Recommendations | None = results.get("recommendations")
+        if image is not None:
+            record.image_url, record.image_prompt = f"/v1/content/{content_id}/image", image.prompt
+            record.models["image"] = image.model
+        if audio is not None:
+            record.audio_url, record.audio_duration_s = f"/v1/content/{content_id}/audio", audio.duration_s
+            record.models["audio"] = audio.model
+        if recs is not None:
+            record.recommendations = recs.items
+        record.status = "partial" if record.errors else "complete"
+        try:
+            await asyncio.to_thread(self._store, record, image, audio)
+        except Exception as exc:
+            logger.exception("storing content %s failed", content_id)
+            failure = CallFailure(500, f"storing the content failed: {type(exc).__name__}: {exc}")
+            record.status, record.errors["store"] = "failed", failure.message
+            raise PipelineFailed(record, failure) from None
+        record.timings_ms["store"] = _ms(store_started)
+
+        # Stage 4: the stored content becomes an item users can interact with and be recommended.
+        if cfg.register_items:
+            try:
+                await asyncio.wait_for(
+                    _await(self.recommend.add_items.remote([ItemIn(item_id=content_id, title=article.title)])),
+                    cfg.timeouts_s.recommendations,
+                )
+            except Exception as exc:
+                record.errors["register"] = classify(exc, "recommend", cfg.timeouts_s.recommendations).message
+                record.status = "partial"
+        record.timings_ms["total"] = _ms(started)
+        await asyncio.to_thread(self.catalog.update, record.model_dump(mode="json"))  # GET answers what POST did
+        return record
+
+    async def _stream_article(self, request: ArticleRequest, emit: Emit) -> Article:
+        stream = self.text.options(stream=True).write_article_stream.remote(request)
+        article: Article | None = None
+        try:
+            async with asyncio.timeout(self.config.timeouts_s.article):
+                async for item in stream:
+                    if isinstance(item, str):
+                        await emit("token", {"text": item})
+                    else:
+                        article = item
+        finally:
+            if article is None:
+                stream.cancel()
+        if article is None:
+            raise RuntimeError("the text service ended its stream without an article")
+        return article
+
+    def _store(self, record: ContentRecord, image: ImageResult | None, audio: VoiceResult | None) -> None:
+        if image is not None:
+            self.assets.put(f"{record.id}/image.png", image.images[0])
+        if audio is not None:
+            self.assets.put(f"{record.id}/audio.wav", audio.audio)
+        self.catalog.add(record.model_dump(mode="json"))
+
+    # --- reading ------------------------------------------------------------------------------------------
+    def get(self, content_id: str) -> ContentRecord | None:
+        if not CONTENT_ID.match(content_id):
+            return None
+        stored = self.catalog.get(content_id)
+        return ContentRecord.model_validate(stored) if stored else None
+
+    def page(self, limit: int, offset: int) -> ContentPage:
+        records, total = self.catalog.page(limit, offset)
+        return ContentPage(
+            items=[ContentRecord.model_validate(r) for r in records], total=total, limit=limit, offset=offset
+        )
+
+    def asset(self, content_id: str, kind: Literal["image", "audio"]) -> bytes | None:
+        """An asset of stored content, looked up through its record: a path never comes from the request."""
+        record = self.get(content_id)
+        if record is None or (record.image_url if kind == "image" else record.audio_url) is None:
+            return None
+        return self.assets.get(f"{content_id}/{'image.png' if kind == 'image' else 'audio.wav'}")
+
+
+async def _await(response: Any) -> Any:
+    return await response
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 1)
+
+
+# --- Serve deployment -------------------------------------------------------------------------------------
+@serve.deployment(name="pipeline")
+class PipelineDeployment(ContentPipeline):
+    """The pipeline as a deployment; reads go to a thread so the event loop keeps serving."""
+
+    async def get_record(self, content_id: str) -> ContentRecord | None:
+        return await asyncio.to_thread(self.get, content_id)
+
+    async def list_records(self, limit: int, offset: int) -> ContentPage:
+        return await asyncio.to_thread(self.page, limit, offset)
+
+    async def get_asset(self, content_id: str, kind: Literal["image", "audio"]) -> bytes | None:
+        return await asyncio.to_thread(self.asset, content_id, kind)

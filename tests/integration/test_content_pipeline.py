@@ -1,0 +1,164 @@
+"""The content pipeline over HTTP on the tiny profile: complete records, streaming, degradation, persistence."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+
+import httpx
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from tests.integration.conftest import wait_healthy
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: ") :])))
+    return events
+
+
+@pytest.fixture(scope="module")
+def created(client: httpx.Client) -> dict:
+    response = client.post("/v1/content", json={"topic": "a short story about lighthouses", "user_id": "user-3"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_complete_record_with_png_and_wav(client: httpx.Client, created: dict) -> None:
+    assert created["status"] == "complete" and created["errors"] == {}
+    assert created["article"]["title"] and created["article"]["body"]
+    assert len(created["recommendations"]) == 5
+    image = client.get(created["image_url"])
+    assert image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (64, 64)
+    audio = client.get(created["audio_url"])
+    assert audio.headers["content-type"] == "audio/wav"
+    data, rate = sf.read(io.BytesIO(audio.content))
+    assert rate == 16000 and len(data) > 0
+
+
+def test_the_record_is_listed_and_readable(client: httpx.Client, created: dict) -> None:
+    assert client.get(f"/v1/content/{created['id']}").json() == created
+    page = client.get("/v1/content", params={"limit": 100}).json()
+    assert created["id"] in {item["id"] for item in page["items"]}
+    assert page["total"] >= 1 and page["limit"] == 100
+
+
+def test_stored_content_is_an_item_users_can_like(client: httpx.Client, created: dict) -> None:
+    response = client.post("/v1/interactions", json={"user_id": "fan", "item_id": created["id"], "event": "like"})
+    assert response.status_code == 202
+    fresh = client.get("/v1/recommendations", params={"user_id": "brand-new-visitor", "k": 10}).json()["items"]
+    assert created["id"] in {item["item_id"] for item in fresh}
+
+
+def test_stream_delivers_article_tokens_before_image_and_audio(client: httpx.Client) -> None:
+    with client.stream("POST", "/v1/content", json={"topic": "tides", "stream": True, "seed": 4}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response)
+    names = [name for name, _ in events]
+    assert names[0] == "started" and names[-1] == "complete"
+    assert names.count("token") >= 2
+    last_token = max(i for i, name in enumerate(names) if name == "token")
+    assert last_token < names.index("article") < min(names.index("image"), names.index("audio"))
+    record = events[-1][1]
+    assert record["status"] == "complete"
+    assert client.get(f"/v1/content/{record['id']}").json()["article"] == record["article"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/content/c00000000000000000000000000000000", 404),
+        ("/v1/content/c00000000000000000000000000000000/image", 404),
+        ("/v1/content/not-an-id/audio", 422),
+        ("/v1/content/..%2F..%2Fetc%2Fpasswd/image", 404),
+    ],
+)
+def test_unknown_or_malformed_ids(client: httpx.Client, path: str, status: int) -> None:
+    assert client.get(path).status_code == status
+
+
+def test_bad_content_requests_name_the_field(client: httpx.Client) -> None:
+    for body, field in [
+        ({"topic": " "}, "topic"),
+        ({"topic": "x", "length": "epic"}, "length"),
+        ({"topic": "x", "image": {"width": 63}}, "image.width"),
+        ({"topic": "x", "voice": {"response_format": "mp3"}}, "voice.response_format"),
+        ({"topic": "x", "user_id": "../etc"}, "user_id"),
+    ]:
+        response = client.post("/v1/content", json=body)
+        assert response.status_code == 422, body
+        assert response.json()["error"]["param"] == field
+
+
+def degraded_config(base: dict, image_timeout_s: float, **deployment_changes: dict) -> dict:
+    """The session's config plus a second app, `degraded`, at /degraded, with the given deployment changes."""
+    config = copy.deepcopy(base)
+    app = copy.deepcopy(config["applications"][0])
+    app["name"], app["route_prefix"] = "degraded", "/degraded"
+    for deployment in app["deployments"]:
+        deployment.update(copy.deepcopy(deployment_changes.get(deployment["name"], {})))
+        if deployment["name"] == "pipeline":
+            deployment["user_config"]["timeouts_s"]["image"] = image_timeout_s
+    config["applications"].append(app)
+    return config
+
+
+def test_without_an_image_replica_the_pipeline_degrades_within_the_stage_timeout(
+    client: httpx.Client, deployed_app: dict, redeploy
+) -> None:
+    # The image replica cannot be placed (it asks for a resource no node has, like a lost GPU node): Ray
+    # would queue the call for minutes; the stage must give up after its timeout.
+    no_image = {"image": {"ray_actor_options": {"num_cpus": 0.25, "resources": {"lost_accelerator": 1}}}}
+    working = ("text", "voice", "recommend", "pipeline", "ingress")
+    redeploy(degraded_config(deployed_app["config"], 3.0, **no_image), app="degraded", healthy=working)
+    started = time.monotonic()
+    response = client.post("/degraded/v1/content", json={"topic": "storms", "user_id": "user-5"})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert record["status"] == "partial"
+    assert set(record["errors"]) == {"image"} and "3s" in record["errors"]["image"]
+    assert record["article"]["body"] and record["audio_url"] and len(record["recommendations"]) == 5
+    assert record["image_url"] is None
+    assert elapsed < 30  # the article, then at most the 3 s image timeout, plus overheads
+    health = client.get("/degraded/v1/health")
+    assert health.status_code == 503 and health.json()["services"]["image"]["status"] == "unavailable"
+
+    # The text service failing leaves nothing to build on: a clear failure, nothing stored.
+    failing_text = {
+        **no_image,
+        "text": {"user_config": {**_user_config(deployed_app, "text"), "faults": {"error_rate": 1}}},
+    }
+    redeploy(degraded_config(deployed_app["config"], 3.0, **failing_text), app="degraded", healthy=working)
+    before = client.get("/v1/content", params={"limit": 1}).json()["total"]
+    response = client.post("/degraded/v1/content", json={"topic": "storms"})
+    assert response.status_code == 500
+    body = response.json()
+    assert body["status"] == "failed" and "InjectedFault" in body["errors"]["article"]
+    assert "text service failed" in body["error"]["message"]
+    assert client.get("/v1/content", params={"limit": 1}).json()["total"] == before
+
+
+def _user_config(deployed_app: dict, name: str) -> dict:
+    deployments = deployed_app["config"]["applications"][0]["deployments"]
+    return copy.deepcopy(next(d["user_config"] for d in deployments if d["name"] == name))
+
+
+def test_records_and_assets_survive_an_app_restart(client: httpx.Client, created: dict, deployed_app: dict) -> None:
+    from tests.integration.conftest import serve_cli
+
+    serve_cli("shutdown", "-y", dashboard=deployed_app["dashboard"])
+    serve_cli("deploy", str(deployed_app["config_path"]), dashboard=deployed_app["dashboard"])
+    wait_healthy(deployed_app["url"])
+    assert client.get(f"/v1/content/{created['id']}").json() == created
+    assert Image.open(io.BytesIO(client.get(created["image_url"]).content)).format == "PNG"
+    assert sf.read(io.BytesIO(client.get(created["audio_url"]).content))[1] == 16000

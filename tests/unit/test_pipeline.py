@@ -1,0 +1,135 @@
+"""The content pipeline's logic on the real tiny engines, composed through in-process handle stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from deployments.image import ImageDeployment
+from deployments.recommend import RecommendDeployment
+from deployments.text import TextDeployment
+from deployments.voice import VoiceDeployment
+from graphs.pipeline import ContentPipeline, ContentRequest, PipelineFailed
+from tests.fakes.handles import FakeHandle
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_models, tmp_path_factory):
+    store = tmp_path_factory.mktemp("rec") / "rec.db"
+    return {
+        "text": TextDeployment.func_or_class({"model": str(tiny_models / "text"), "default_max_tokens": 24}),
+        "image": ImageDeployment.func_or_class(
+            {"model": str(tiny_models / "image"), "default_steps": 2, "default_width": 64, "default_height": 64}
+        ),
+        "voice": VoiceDeployment.func_or_class({"model": str(tiny_models / "voice")}),
+        "recommend": RecommendDeployment.func_or_class(
+            {"model": str(tiny_models / "recommend"), "store_url": f"sqlite:///{store}"}
+        ),
+    }
+
+
+def make_pipeline(replicas, tmp_path, faults: dict | None = None, **config) -> ContentPipeline:
+    """A pipeline over the shared replicas; ``faults`` sets each named service's fault injection."""
+    for name, replica in replicas.items():
+        wanted = (faults or {}).get(name, {})
+        asyncio.run(replica.reconfigure({**replica.engine.config.model_dump(), "faults": wanted}))
+    config = {"catalog_url": f"sqlite:///{tmp_path}/content.db", "asset_url": str(tmp_path / "assets"), **config}
+    return ContentPipeline(**{name: FakeHandle(replica) for name, replica in replicas.items()}, config=config)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_complete_content_is_stored_with_its_assets_and_becomes_an_item(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path)
+    record = run(pipeline.create(ContentRequest(topic="lighthouses", user_id="user-1", seed=5)))
+    assert record.status == "complete" and record.errors == {}
+    assert record.article.title and record.article.body
+    assert record.image_url == f"/v1/content/{record.id}/image"
+    assert [item.reason for item in record.recommendations] == ["als"] * 5
+    assert set(record.timings_ms) >= {"article", "image", "audio", "recommendations", "store", "total"}
+    assert pipeline.get(record.id) == record
+    assert Image.open(io.BytesIO(pipeline.asset(record.id, "image"))).format == "PNG"
+    audio, rate = sf.read(io.BytesIO(pipeline.asset(record.id, "audio")))
+    assert rate == 16000 and len(audio) / rate == pytest.approx(record.audio_duration_s, abs=1e-3)
+    assert replicas["recommend"].engine.store.known_items([record.id]) == [record.id]
+
+
+def test_same_seed_same_article(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path)
+    a = run(pipeline.create(ContentRequest(topic="tides", seed=9)))
+    b = run(pipeline.create(ContentRequest(topic="tides", seed=9)))
+    assert a.article == b.article and a.id != b.id
+    assert pipeline.asset(a.id, "image") == pipeline.asset(b.id, "image")
+
+
+def test_a_failing_image_service_gives_a_partial_record(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path, faults={"image": {"error_rate": 1.0}})
+    record = run(pipeline.create(ContentRequest(topic="boats", user_id="user-2")))
+    assert record.status == "partial"
+    assert set(record.errors) == {"image"} and "InjectedFault" in record.errors["image"]
+    assert record.image_url is None and record.audio_url and record.article and record.recommendations
+    assert pipeline.asset(record.id, "image") is None
+    assert pipeline.get(record.id).status == "partial"
+
+
+def test_a_slow_voice_service_times_out_within_its_stage_timeout(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(
+        replicas, tmp_path, faults={"voice": {"delay_s": 30}}, timeouts_s={"audio": 0.5, "article": 60}
+    )
+    started = time.perf_counter()
+    record = run(pipeline.create(ContentRequest(topic="rain")))
+    assert time.perf_counter() - started < 10
+    assert record.status == "partial"
+    assert record.errors == {"audio": "the voice service did not answer within 0.5s"}
+    assert record.image_url and record.audio_url is None
+
+
+def test_without_an_article_the_request_fails_and_nothing_is_stored(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path, faults={"text": {"error_rate": 1.0}})
+    with pytest.raises(PipelineFailed) as err:
+        run(pipeline.create(ContentRequest(topic="anything")))
+    assert err.value.record.status == "failed"
+    assert "InjectedFault" in err.value.record.errors["article"]
+    assert err.value.failure.status_code == 500
+    assert pipeline.page(10, 0).total == 0
+
+
+def test_stream_sends_tokens_before_the_media_and_the_record_last(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path)
+
+    async def collect():
+        return [event async for event in pipeline.create_stream(ContentRequest(topic="stars", seed=2, stream=True))]
+
+    events = run(collect())
+    names = [e["event"] for e in events]
+    assert names[0] == "started" and names[-1] == "complete"
+    first_media = min(names.index(stage) for stage in ("image", "audio", "recommendations"))
+    assert "token" in names[: names.index("article")]
+    assert names.index("article") < first_media
+    tokens = "".join(e["data"]["text"] for e in events if e["event"] == "token")
+    article = events[names.index("article")]["data"]
+    assert article["title"] in tokens or article["body"] in tokens
+    assert events[-1]["data"]["status"] == "complete"
+    streamed = run(pipeline.create(ContentRequest(topic="stars", seed=2)))
+    assert streamed.article.body == article["body"]  # streaming and not streaming write the same article
+
+
+def test_a_crash_while_storing_leaves_no_record(replicas, tmp_path, monkeypatch) -> None:
+    pipeline = make_pipeline(replicas, tmp_path)
+
+    def broken_insert(record):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline.catalog, "add", broken_insert)
+    with pytest.raises(PipelineFailed) as err:
+        run(pipeline.create(ContentRequest(topic="x")))
+    assert "disk full" in err.value.record.errors["store"]
+    assert pipeline.get(err.value.record.id) is None
+    assert pipeline.page(10, 0).total == 0
