@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models run test test-unit test-integration lint format clean
+.PHONY: setup models run test test-unit test-integration lint format manifests gpu-check clean
 
 setup: $(INSTALLED) models
 
@@ -49,6 +49,14 @@ lint: $(INSTALLED)
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Render the KubeRay RayService manifest from serve_config.yaml (a test fails when it is stale).
+manifests: $(INSTALLED)
+	$(BIN)/python -m cluster.render_rayservice
+
+# On a machine with a CUDA GPU: the tiny profile with real GPU allocation; prints device, dtype, memory, latency.
+gpu-check: setup
+	$(BIN)/python -m scripts.gpu_check
 
 clean:
 	rm -rf .cache data .pytest_cache .ruff_cache

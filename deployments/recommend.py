@@ -36,6 +36,8 @@ MAX_K = 100
 class RecommendConfig(ServiceConfig):
     """Configuration of the recommendation service (its deployment's ``user_config``)."""
 
+    device: Literal["cpu"] = Field("cpu", description="implicit's PyPI build computes on the CPU.")
+    dtype: Literal["auto", "float32"] = Field("auto", description="Factors are float32.")
     store_url: str = Field(
         "sqlite:///data/recommend.db",
         description="SQLAlchemy URL of the interaction store; a relative SQLite path resolves against the "
@@ -229,6 +231,7 @@ class Recommender:
 
     def describe(self) -> dict[str, Any]:
         return {
+            "dtype": str(self.model.item_factors.dtype),
             "algorithm": type(self.model).__name__,
             "factors": int(self.model.factors),
             "users": len(self.user_ids),

@@ -29,6 +29,9 @@ _SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "pcm
 class VoiceConfig(ServiceConfig):
     """Configuration of the voice service (its deployment's ``user_config``)."""
 
+    dtype: Literal["auto", "float32"] = Field(
+        "auto", description="Coqui models run in float32 (their vocoders are not half-precision safe)."
+    )
     default_speaker: str | None = Field(None, description="Speaker used when a request names none.")
     language: str | None = Field(None, description="Language for multilingual models when a request names none.")
     voice_aliases: dict[str, str] = Field(
@@ -129,6 +132,7 @@ class VoiceSynthesizer:
 
     def describe(self) -> dict[str, Any]:
         return {
+            "dtype": "float32",
             "sample_rate": self.sample_rate,
             "speakers": self.speakers,
             "languages": self.languages,

@@ -84,11 +84,11 @@ def build_tokenizer(out: Path):
     return fast
 
 
-def build_text(out: Path) -> None:
-    """A GPT-2-architecture causal LM (138 k parameters) with the local tokenizer."""
+def build_text(out: Path, seed: int = SEED) -> None:
+    """A GPT-2-architecture causal LM (138 k parameters) with the local tokenizer; another seed, other weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    _seed_everything()
+    _seed_everything(seed)
     tok = build_tokenizer(out)
     config = GPT2Config(
         vocab_size=len(tok),

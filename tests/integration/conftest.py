@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -60,29 +61,48 @@ def wait_healthy(url: str, timeout: float = READY_TIMEOUT_S) -> dict:
     raise TimeoutError(f"app not healthy after {timeout}s: {last}")
 
 
+# The session's Ray cluster: a CPU-only head (as on KubeRay) and two worker nodes that advertise two GPUs each.
+# Ray assigns GPU ids and CUDA_VISIBLE_DEVICES to replicas exactly as on a real cluster; without CUDA the
+# models run on the CPU. The CPU-only local profile runs on it like on a laptop.
+HEAD = {"num_cpus": 4, "num_gpus": 0}
+WORKERS = [{"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2, "num_gpus": 2}]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[dict[str, str]]:
-    """A local Ray instance owned by this test session (4 logical CPUs on any machine)."""
+def ray_cluster() -> Iterator[dict[str, Any]]:
+    """One multi-node local Ray cluster for the whole test session."""
     import ray
+    from ray.cluster_utils import Cluster
 
     dashboard_port = free_port()
-    context = ray.init(
-        address="local",  # always a fresh instance, even when a `ray start` cluster runs on this machine
-        num_cpus=4,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        logging_level="WARNING",
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **HEAD,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+        },
     )
-    yield {"dashboard": f"http://{context.dashboard_url}", "address": context.address_info["address"]}
+    workers = [cluster.add_node(**spec) for spec in WORKERS]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    yield {
+        "dashboard": f"http://127.0.0.1:{dashboard_port}",
+        "address": cluster.address,
+        "cluster": cluster,
+        "head_node_id": cluster.head_node.node_id,
+        "worker_node_ids": [w.node_id for w in workers],
+    }
     from ray import serve
 
     serve.shutdown()
     ray.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture(scope="session")
-def deployed_app(ray_cluster: dict[str, str], project_root: Path, tmp_path_factory) -> dict:
+def deployed_app(ray_cluster: dict[str, Any], project_root: Path, tmp_path_factory) -> dict:
     """The local profile deployed with ``serve deploy``; yields its URL, config and the dashboard address."""
     port = free_port()
     config = session_config(ROOT / "configs" / "local.yaml", project_root, port)
@@ -113,9 +133,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-# Ray 2.60 turns on token authentication for a new local cluster; say so explicitly, so that the `serve` CLI
-# (a subprocess that inherits this) sends the token too.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Ray 2.60 turns on token authentication for new local clusters; the `serve` CLI (a subprocess) only sends the
+# token when the mode is set explicitly. The test cluster listens on loopback only: keep it simple and off.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def wait_deployments_healthy(app: str, deployments: tuple[str, ...], timeout: float = READY_TIMEOUT_S) -> None:
@@ -133,9 +153,10 @@ def wait_deployments_healthy(app: str, deployments: tuple[str, ...], timeout: fl
     raise TimeoutError(f"{app}: {deployments} not all HEALTHY after {timeout}s (last: {states})")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def redeploy(deployed_app: dict, tmp_path_factory):
-    """Deploy a changed config with ``serve deploy``, as an operator would; restores the original afterwards."""
+    """Deploy a changed config with ``serve deploy``, as an operator would; restores the session's config after
+    the test (apps the test added are removed; changed deployments go back)."""
     folder = tmp_path_factory.mktemp("redeploy")
     count = 0
 
@@ -151,3 +172,4 @@ def redeploy(deployed_app: dict, tmp_path_factory):
     yield apply
     if count:
         serve_cli("deploy", str(deployed_app["config_path"]), dashboard=deployed_app["dashboard"])
+        wait_healthy(deployed_app["url"])

@@ -154,9 +154,11 @@ def _user_config(deployed_app: dict, name: str) -> dict:
 
 
 def test_records_and_assets_survive_an_app_restart(client: httpx.Client, created: dict, deployed_app: dict) -> None:
+    from ray import serve
+
     from tests.integration.conftest import serve_cli
 
-    serve_cli("shutdown", "-y", dashboard=deployed_app["dashboard"])
+    serve.shutdown()  # every app, replica, proxy and the controller go; through this driver so its client resets
     serve_cli("deploy", str(deployed_app["config_path"]), dashboard=deployed_app["dashboard"])
     wait_healthy(deployed_app["url"])
     assert client.get(f"/v1/content/{created['id']}").json() == created

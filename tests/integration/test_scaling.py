@@ -1,0 +1,188 @@
+"""Per-model GPU allocation, autoscaling and in-place updates, with Ray's own scheduler on the session cluster.
+
+The session cluster has a CPU-only head and two worker nodes advertising two GPUs each, so Ray hands out GPU ids
+and ``CUDA_VISIBLE_DEVICES`` as on a real cluster; without CUDA the models fall back to the CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import time
+from pathlib import Path
+
+import httpx
+
+from scripts.serve_configs import ROOT, app_of, deployments_of, load, tiny_variant
+
+MODELS = ("text", "image", "voice", "recommend")
+
+
+def with_app(deployed_app: dict, app: dict) -> dict:
+    """The session's config plus ``app``, which runs with the session's environment (models, data folder)."""
+    config = copy.deepcopy(deployed_app["config"])
+    app = copy.deepcopy(app)
+    app["runtime_env"] = copy.deepcopy(app_of(config)["runtime_env"])
+    config["applications"].append(app)
+    return config
+
+
+def replicas_of(app: str, deployment: str, expected: int, tries: int = 200) -> dict[str, dict]:
+    """Every replica's own report (``describe``), found by calling through a handle until all have answered."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app)
+    seen: dict[str, dict] = {}
+    for _ in range(tries):
+        info = handle.describe.remote().result(timeout_s=30)
+        seen[info["replica"]] = info
+        if len(seen) >= expected:
+            break
+    assert len(seen) == expected, f"{app}/{deployment}: saw {len(seen)} of {expected} replicas"
+    return seen
+
+
+def running_replicas(app: str) -> dict[str, int]:
+    from ray import serve
+
+    status = serve.status().applications[app]
+    return {name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()}
+
+
+def test_cluster_profile_puts_every_model_replica_on_its_gpus(deployed_app: dict, redeploy) -> None:
+    cluster_app = tiny_variant(load(ROOT / "configs" / "cluster.yaml"), name="gpu", route_prefix="/gpu")
+    redeploy(with_app(deployed_app, cluster_app), app="gpu", healthy=(*MODELS, "pipeline", "ingress"))
+    wanted = deployments_of(cluster_app)
+    workers = set(deployed_app["worker_node_ids"])
+    whole_gpus: dict[str, set[str]] = {}  # node -> GPU ids held by whole-GPU replicas
+    for name in ("text", "image", "voice", "recommend"):
+        options, scaling = wanted[name]["ray_actor_options"], wanted[name]["autoscaling_config"]
+        gpus = options.get("num_gpus", 0)
+        replicas = replicas_of("gpu", name, scaling["min_replicas"])
+        for info in replicas.values():
+            assert info["device"] == "cpu"  # the GPUs are advertised, not real: the model falls back to CPU
+            assert len(info["gpu_ids"]) == math.ceil(gpus), (name, info)
+            if gpus:
+                assert info["node_id"] in workers  # the head has no GPUs
+                assert info["cuda_visible_devices"] == ",".join(info["gpu_ids"])
+            if gpus >= 1:
+                held = whole_gpus.setdefault(info["node_id"], set())
+                assert not held & set(info["gpu_ids"]), f"{name} shares a whole GPU on {info['node_id']}"
+                held.update(info["gpu_ids"])
+        if wanted[name].get("max_replicas_per_node") == 1:
+            nodes = [info["node_id"] for info in replicas.values()]
+            assert len(nodes) == len(set(nodes)), f"{name} replicas share a node: {nodes}"
+    text_nodes = {info["node_id"] for info in replicas_of("gpu", "text", 2).values()}
+    assert text_nodes == workers  # two text replicas, one per GPU node
+
+
+def test_health_reports_gpu_ids_and_device(client: httpx.Client, deployed_app: dict, redeploy) -> None:
+    one_gpu = tiny_variant(load(ROOT / "configs" / "one-gpu.yaml"), name="onegpu", route_prefix="/onegpu")
+    redeploy(with_app(deployed_app, one_gpu), app="onegpu", healthy=(*MODELS, "pipeline", "ingress"))
+    services = client.get("/onegpu/v1/health").json()["services"]
+    gpus = {name: d["ray_actor_options"].get("num_gpus", 0) for name, d in deployments_of(one_gpu).items()}
+    for name in MODELS:
+        assert len(services[name]["gpu_ids"]) == math.ceil(gpus[name]), name
+        assert services[name]["device"] == "cpu"
+    # fractional shares of one GPU: the three models may share one GPU id
+    assert services["text"]["gpu_ids"] and services["image"]["gpu_ids"] and services["voice"]["gpu_ids"]
+
+
+def autoscaling_app(deployed_app: dict) -> dict:
+    """The local profile with a fast autoscaling policy on `text` and slow text requests (2 s each)."""
+    app = copy.deepcopy(app_of(deployed_app["config"]))
+    app["name"], app["route_prefix"] = "scaling", "/scaling"
+    text = deployments_of(app)["text"]
+    text["max_ongoing_requests"] = 2
+    text["autoscaling_config"] = {
+        "min_replicas": 1,
+        "initial_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 1,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 2,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 4,
+    }
+    # The model's latency, without burning this machine's two cores: each request waits 2 s before generating.
+    text["user_config"] = {**text["user_config"], "faults": {"delay_s": 2.0}}
+    return app
+
+
+async def _load(url: str, seconds: float, concurrency: int) -> list[int]:
+    statuses: list[int] = []
+    deadline = time.monotonic() + seconds
+
+    async def worker(session: httpx.AsyncClient) -> None:
+        while time.monotonic() < deadline:
+            response = await session.post(url, json={"prompt": "load", "max_tokens": 2})
+            statuses.append(response.status_code)
+
+    async with httpx.AsyncClient(timeout=120) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return statuses
+
+
+def test_autoscaling_scales_the_loaded_deployment_only(deployed_app: dict, redeploy) -> None:
+    app = autoscaling_app(deployed_app)
+    redeploy(with_app(deployed_app, app), app="scaling", healthy=(*MODELS, "pipeline", "ingress"))
+    assert running_replicas("scaling")["text"] == 1
+    before = running_replicas("scaling")
+
+    peak = {"text": 1}
+
+    async def load_and_watch() -> list[int]:
+        load = asyncio.create_task(_load(f"{deployed_app['url']}/scaling/v1/completions", 25, concurrency=8))
+        while not load.done():
+            counts = running_replicas("scaling")
+            for name, count in counts.items():
+                peak[name] = max(peak.get(name, 0), count)
+            await asyncio.sleep(0.5)
+        return await load
+
+    statuses = asyncio.run(load_and_watch())
+    assert statuses and set(statuses) == {200}
+    assert peak["text"] >= 2, peak
+    for name in ("image", "voice", "recommend", "pipeline", "ingress"):
+        assert peak[name] == before[name], f"{name} was scaled by text's load: {peak}"
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and running_replicas("scaling")["text"] > 1:
+        time.sleep(1)
+    assert running_replicas("scaling")["text"] == 1  # back down once the load is gone
+
+
+def test_a_model_update_under_load_loses_no_request(
+    client: httpx.Client, deployed_app: dict, redeploy, project_root: Path
+) -> None:
+    from scripts.build_tiny_models import build_text
+
+    version2 = project_root / ".cache" / "models" / "tiny-v2" / "text"
+    if not version2.exists():
+        build_text(version2, seed=4321)  # the same architecture, other weights: "the next model version"
+    before = client.get("/v1/health").json()["services"]
+    prompt = {"prompt": "Once upon", "max_tokens": 8, "seed": 1, "temperature": 1.0}
+    old_text = client.post("/v1/completions", json=prompt).json()["choices"][0]["text"]
+
+    updated = copy.deepcopy(deployed_app["config"])
+    text = deployments_of(app_of(updated))["text"]
+    text["user_config"] = {**text["user_config"], "model": str(version2)}
+
+    async def load_during_update() -> list[int]:
+        load = asyncio.create_task(_load(f"{deployed_app['url']}/v1/completions", 20, concurrency=4))
+        await asyncio.sleep(2)
+        await asyncio.to_thread(redeploy, updated)
+        return await load
+
+    statuses = asyncio.run(load_during_update())
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+    after = client.get("/v1/health").json()["services"]
+    assert after["text"]["source"] == str(version2)
+    assert after["text"]["replica"] == before["text"]["replica"]  # swapped in place, not restarted
+    assert after["text"]["reloads"] == before["text"]["reloads"] + 1
+    assert client.post("/v1/completions", json=prompt).json()["choices"][0]["text"] != old_text
+    for name in ("image", "voice", "recommend"):
+        assert after[name]["replica"] == before[name]["replica"], name
+        assert after[name]["loaded_at"] == before[name]["loaded_at"], name

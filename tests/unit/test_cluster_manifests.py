@@ -1,0 +1,180 @@
+"""The cluster material is consistent: KubeRay manifest (CRD schema, rendered Serve config, resources), the VM
+launcher config, the image, and the pinned Ray version agree."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.render_rayservice import OUT, render
+from scripts.serve_configs import app_of, gpus_requested, load
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT.parent / "shared" / "kuberay"
+MANIFEST = yaml.safe_load(OUT.read_text())
+LAUNCHER = load(ROOT / "cluster" / "vm" / "cluster-launcher.yaml")
+PRODUCTION = app_of(load(ROOT / "serve_config.yaml"))
+QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|Ti)?$")
+
+
+def ray_pin() -> str:
+    return re.search(r'"ray\[serve\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+
+
+def quantity(value: str | int | float) -> float:
+    number, unit = QUANTITY.match(str(value)).groups()
+    scale = {None: 1, "m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[unit]
+    return float(number) * scale
+
+
+@dataclass
+class NodeGroup:
+    name: str
+    cpus: float
+    gpus: float
+    memory: float
+    min_nodes: int
+    max_nodes: int
+
+
+def kuberay_groups() -> list[NodeGroup]:
+    groups = []
+    for spec in MANIFEST["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        requests = spec["template"]["spec"]["containers"][0]["resources"]["requests"]
+        groups.append(
+            NodeGroup(
+                spec["groupName"],
+                quantity(requests["cpu"]),
+                quantity(requests.get("nvidia.com/gpu", 0)),
+                quantity(requests["memory"]),
+                spec["minReplicas"],
+                spec["maxReplicas"],
+            )
+        )
+    return groups
+
+
+def launcher_groups() -> list[NodeGroup]:
+    return [
+        NodeGroup(
+            name,
+            t["resources"].get("CPU", 0),
+            t["resources"].get("GPU", 0),
+            t["resources"].get("memory", 0),
+            t.get("min_workers", 0),
+            t.get("max_workers", 0),
+        )
+        for name, t in LAUNCHER["available_node_types"].items()
+        if name != LAUNCHER["head_node_type"]
+    ]
+
+
+def test_the_committed_manifest_is_rendered_from_the_production_config() -> None:
+    assert OUT.read_text() == render(), "run: python -m cluster.render_rayservice"
+    embedded = yaml.safe_load(MANIFEST["spec"]["serveConfigV2"])
+    assert embedded == load(ROOT / "serve_config.yaml")
+
+
+def _strict(schema: dict) -> dict:
+    """The CRD schema with unknown fields forbidden wherever it lists properties: typos become errors."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+@pytest.mark.skipif(not (CRDS / "ray.io_rayservices.yaml").exists(), reason="KubeRay CRDs not beside the repo")
+def test_the_manifest_validates_against_kuberays_crd_schema() -> None:
+    import jsonschema
+
+    crd = yaml.safe_load((CRDS / "ray.io_rayservices.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == MANIFEST["apiVersion"].split("/")[1])
+    schema = _strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}
+    jsonschema.Draft7Validator(schema).validate(MANIFEST)
+    broken = copy.deepcopy(MANIFEST)
+    broken["spec"]["rayClusterConfig"]["enableInTreeAutoscalng"] = True  # a typo must not pass silently
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema).validate(broken)
+
+
+def test_one_ray_version_everywhere() -> None:
+    version = ray_pin()
+    cluster = MANIFEST["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == version
+    dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
+    assert re.search(r"^ARG RAY_VERSION=([\d.]+)$", dockerfile, re.M).group(1) == version
+    assert "FROM rayproject/ray:${RAY_VERSION}-py311-gpu" in dockerfile
+    images = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]]
+    images += [g["template"]["spec"]["containers"][0]["image"] for g in cluster["workerGroupSpecs"]]
+    images.append(LAUNCHER["docker"]["image"])
+    assert {image.rsplit("-ray", 1)[1] for image in images} == {version}
+
+
+def test_head_has_no_gpus_and_autoscaling_is_on() -> None:
+    cluster = MANIFEST["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    resources = head["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in resources["requests"] and "nvidia.com/gpu" not in resources["limits"]
+    assert LAUNCHER["available_node_types"][LAUNCHER["head_node_type"]]["resources"] == {"CPU": 0}
+
+
+def test_gpu_limits_equal_requests() -> None:
+    for group in MANIFEST["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        resources = group["template"]["spec"]["containers"][0]["resources"]
+        assert resources["limits"] == resources["requests"], group["groupName"]
+
+
+@pytest.mark.parametrize("groups", [kuberay_groups, launcher_groups], ids=["kuberay", "vm-launcher"])
+def test_node_groups_hold_the_production_config(groups) -> None:
+    nodes = groups()
+    gpu_nodes = [n for n in nodes if n.gpus]
+    for deployment in PRODUCTION["deployments"]:
+        options = deployment["ray_actor_options"]
+        fits = [
+            n
+            for n in (gpu_nodes if options.get("num_gpus") else nodes)
+            if options.get("num_gpus", 0) <= n.gpus
+            and options.get("num_cpus", 1) <= n.cpus
+            # Ray keeps about 30% of a node's memory for its object store
+            and options.get("memory", 0) <= 0.7 * n.memory
+        ]
+        assert fits, f"no node group can hold a {deployment['name']} replica"
+    # enough GPUs for every model at its minimum at cluster start, and at its maximum when scaled out
+    gpu_slots = {at: sum(n.gpus * getattr(n, f"{at}_nodes") for n in gpu_nodes) for at in ("min", "max")}
+    assert gpu_slots["min"] >= gpus_requested(PRODUCTION, "min_replicas")
+    assert gpu_slots["max"] >= gpus_requested(PRODUCTION, "max_replicas")
+    # whole-GPU replicas cannot be packed fractionally: count them per node
+    whole = sum(
+        math.ceil(d["ray_actor_options"].get("num_gpus", 0)) * d["autoscaling_config"]["max_replicas"]
+        for d in PRODUCTION["deployments"]
+        if d["ray_actor_options"].get("num_gpus", 0) >= 1
+    )
+    assert sum(n.max_nodes * int(n.gpus) for n in gpu_nodes) >= whole
+    cpus_at_max = sum(
+        d["ray_actor_options"].get("num_cpus", 1) * d["autoscaling_config"]["max_replicas"]
+        for d in PRODUCTION["deployments"]
+    )
+    assert sum(n.cpus * n.max_nodes for n in nodes) >= cpus_at_max
