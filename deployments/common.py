@@ -95,6 +95,10 @@ class RequestError(ValueError):
         return (type(self), (self.field, self.message, self.status_code))
 
 
+class ModelOutputError(RuntimeError):
+    """The model answered, but with nothing usable (e.g. an empty article); a 502, not the caller's fault."""
+
+
 class ServiceNotReady(RuntimeError):
     """The replica has no model loaded yet (no config was given)."""
 
@@ -130,6 +134,19 @@ def create_sql_engine(url: str) -> Any:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
     return engine
+
+
+def create_tables(metadata: Any, engine: Any) -> None:
+    """``create_all`` that tolerates another replica creating the same tables at the same moment."""
+    import sqlalchemy as sa
+
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine)
+            return
+        except sa.exc.OperationalError as exc:  # "table ... already exists": lost the race, check again
+            if "already exists" not in str(exc) or attempt == 2:
+                raise
 
 
 def resolve_model_source(source: str) -> str:

@@ -23,6 +23,7 @@ from deployments.common import (
     ServiceConfig,
     StrictModel,
     create_sql_engine,
+    create_tables,
     resolve_model_source,
     resolve_placement,
 )
@@ -143,7 +144,7 @@ class InteractionStore:
             sa.Column("title", sa.String(500), nullable=False, default=""),
             sa.Column("created_at", sa.Float, nullable=False, index=True),
         )
-        meta.create_all(self.engine)
+        create_tables(meta, self.engine)
 
     def add_items(self, items: list[ItemIn]) -> int:
         """Register items; ones already known are left as they are. Returns how many were new."""

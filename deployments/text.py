@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from ray import serve
 
 from deployments.common import (
+    ModelOutputError,
     Narrative,
     RequestError,
     ServiceConfig,
@@ -25,6 +26,8 @@ from deployments.replica import ModelReplica, iterate_in_thread
 
 MAX_PROMPT_CHARS = 32_000
 MAX_TOKENS_BOUND = 4096  # a hard schema bound; the model's context and the config may allow less
+ARTICLE_MIN_TOKENS = 16
+GREEDY_BELOW = 1e-5
 
 
 ArticleLength = Literal["short", "medium", "long"]
@@ -77,6 +80,7 @@ class TextRequest(StrictModel):
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_BOUND)
+    min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_BOUND, description="End-of-text is not allowed before this.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
@@ -129,7 +133,7 @@ class Article(Narrative):
         if not body:  # a one-paragraph answer: it is the body, and the topic names it
             body, title = result.text.strip(), topic.strip()[:120]
         if not body:
-            raise RuntimeError("the model wrote nothing")
+            raise ModelOutputError("the model wrote an empty article")
         return cls(
             title=title[:200] or topic.strip()[:120],
             body=body,
@@ -227,8 +231,10 @@ class TextGenerator:
                 f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
                 f"of {self.context_length} tokens",
             )
-        sampling: dict[str, Any] = {"do_sample": temperature > 0}
-        if temperature > 0:
+        # A temperature this close to 0 would overflow the softmax: it means greedy (as in vLLM).
+        sample = temperature >= GREEDY_BELOW
+        sampling: dict[str, Any] = {"do_sample": sample, "min_new_tokens": min(request.min_tokens, max_tokens)}
+        if sample:
             sampling.update(temperature=temperature, top_p=top_p, top_k=0)
         return _Prepared(
             encoded={k: v.to(self.placement.device) for k, v in encoded.items()},
@@ -288,6 +294,7 @@ class TextGenerator:
                 ChatMessage(role="user", content=user),
             ],
             max_tokens=min(cfg.article_tokens[request.length], cfg.max_tokens_limit),
+            min_tokens=ARTICLE_MIN_TOKENS,  # an article is never empty because the model ended it at once
             seed=request.seed,
         )
 

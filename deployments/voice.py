@@ -161,6 +161,13 @@ class VoiceSynthesizer:
             raise RequestError("language", f"unknown language {name!r}; choose one of: {self.languages}")
         return name
 
+    def _long_enough(self, sentence: str) -> str:
+        """VITS fails on a one-symbol input (a lone "I" or "a"): end such a sentence with a full stop."""
+        tokenizer = getattr(self.tts.synthesizer.tts_model, "tokenizer", None)
+        if tokenizer is not None and len(tokenizer.text_to_ids(sentence)) < 2:
+            return sentence + "."
+        return sentence
+
     def _speakable(self, sentence: str) -> bool:
         """Whether the model's tokenizer keeps any sound of ``sentence`` (not only pauses and punctuation)."""
         tokenizer = getattr(self.tts.synthesizer.tts_model, "tokenizer", None)
@@ -180,7 +187,8 @@ class VoiceSynthesizer:
         if len(request.input) > cfg.max_input_chars:
             raise RequestError("input", f"must be at most {cfg.max_input_chars} characters")
         speaker, language = self._speaker(request.voice), self._language(request.language)
-        sentences = [s for s in split_sentences(request.input, cfg.max_sentence_chars) if self._speakable(s)]
+        sentences = [self._long_enough(s) for s in split_sentences(request.input, cfg.max_sentence_chars)]
+        sentences = [s for s in sentences if self._speakable(s)]
         if not sentences:
             raise RequestError("input", "has nothing this voice can pronounce")
         pause = np.zeros(int(cfg.sentence_pause_s * self.sample_rate), dtype=np.float32)

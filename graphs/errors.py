@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deployments.common import RequestError, ServiceNotReady
+from deployments.common import ModelOutputError, RequestError, ServiceNotReady
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ def classify(exc: BaseException, service: str, timeout_s: float | None = None) -
         return cause.failure
     if isinstance(cause, RequestError):
         return CallFailure(cause.status_code, f"{cause.field}: {cause.message}", cause.field, "invalid_request_error")
+    if isinstance(cause, ModelOutputError):
+        return CallFailure(502, f"the {service} service gave no usable output: {cause}", None, "bad_gateway")
     if isinstance(exc, TimeoutError):
         limit = f" within {timeout_s:g}s" if timeout_s is not None else ""
         return CallFailure(504, f"the {service} service did not answer{limit}", None, "timeout")

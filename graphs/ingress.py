@@ -10,8 +10,8 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable
-from typing import Annotated, Any, ClassVar, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, ClassVar
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +29,8 @@ from deployments.recommend import (
     RecommendRequest,
     SimilarRequest,
 )
+from graphs.access import AccessConfig, AccessMiddleware, AccessPolicy, BodyTooLarge
+from graphs.calls import CallError, call_service
 from graphs.errors import CallFailure, classify
 from graphs.pipeline import ContentPage, ContentRecord, ContentRequest, PipelineFailed
 from graphs.protocol import (
@@ -45,7 +47,6 @@ from graphs.protocol import (
 from graphs.storage import CONTENT_ID
 
 logger = logging.getLogger("content_studio.ingress")
-T = TypeVar("T")
 SERVICES = ("text", "image", "voice", "recommend")
 
 
@@ -66,6 +67,10 @@ class IngressConfig(StrictModel):
     health_timeout_s: float = Field(5.0, gt=0, le=60, description="How long /v1/health waits for each service.")
     retry_after_s: int = Field(5, ge=1, le=600, description="`Retry-After` sent with 503 answers.")
     max_batch_events: int = Field(1000, ge=1, le=100_000, description="Most events in one batch ingestion.")
+    retries: int = Field(
+        1, ge=0, le=5, description="Times a request lost with a dying replica is sent again (no-effect calls only)."
+    )
+    access: AccessConfig = Field(default_factory=AccessConfig, description="API keys, CORS, body size limit.")
 
 
 class InteractionBatch(StrictModel):
@@ -118,6 +123,10 @@ def create_app() -> FastAPI:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error_response(list(exc.errors()))
 
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(status_code=413, content=error_body(str(exc), "body", "request_too_large"))
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
@@ -126,11 +135,12 @@ def create_app() -> FastAPI:
             headers=exc.headers,
         )
 
+    app.add_middleware(AccessMiddleware, policy=lambda: _ACCESS[0])
     return app
 
 
-async def _awaitable(response: Awaitable[T]) -> T:
-    return await response
+# The access policy in force in this replica; the ingress sets it from its config on every reconfigure.
+_ACCESS: list[AccessPolicy] = [AccessPolicy()]
 
 
 app = create_app()
@@ -174,24 +184,28 @@ class Ingress:
             "recommend": recommend,
             "pipeline": pipeline,
         }
-        self.config = IngressConfig.model_validate(config or {})
+        self.reconfigure(config or {})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = IngressConfig.model_validate(user_config or {})
+        _ACCESS[0] = AccessPolicy.from_config(self.config.access)
 
     # --- calling services ---------------------------------------------------------------------------------
-    async def call(self, service: str, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call one service method with its timeout, mapping failures to HTTP errors."""
+    async def call(
+        self, service: str, method: str, *args: Any, timeout: float | None = None, idempotent: bool = True
+    ) -> Any:
+        """Call one service method with its timeout (retrying lost requests if it has no effects), mapping
+        failures to HTTP errors."""
         limit = timeout if timeout is not None else getattr(self.config.timeouts_s, service)
-        response = getattr(self.handles[service], method).remote(*args)
+        handle = getattr(self.handles[service], method)
+        retries = self.config.retries if idempotent else 0
         try:
-            return await asyncio.wait_for(_awaitable(response), timeout=limit)
-        except Exception as exc:
-            failure = classify(exc, service, limit)
-            if failure.status_code == 500:
-                logger.exception("%s.%s failed", service, method)
-            error = self._api_error(failure)
-            error.original = getattr(exc, "cause", None) or exc
+            return await call_service(lambda: handle.remote(*args), service, limit, retries)
+        except CallError as exc:
+            if exc.failure.status_code == 500:
+                logger.error("%s.%s failed: %s", service, method, exc.failure.message)
+            error = self._api_error(exc.failure)
+            error.original = exc.original
             raise error from None
 
     def _api_error(self, failure: CallFailure) -> ApiError:
@@ -243,14 +257,14 @@ class Ingress:
     # --- recommendation routes ------------------------------------------------------------------------------
     @app.post("/v1/interactions", status_code=202)
     async def interactions(self, body: InteractionIn) -> dict[str, Any]:
-        acks = await self.call("recommend", "record", [body])
+        acks = await self.call("recommend", "record", [body], idempotent=False)
         return {"accepted": len(acks), "events": [a.model_dump() for a in acks]}
 
     @app.post("/v1/interactions/batch", status_code=202)
     async def interactions_batch(self, body: InteractionBatch) -> dict[str, Any]:
         if len(body.events) > self.config.max_batch_events:
             raise ApiError(413, f"at most {self.config.max_batch_events} events per batch", "events")
-        acks = await self.call("recommend", "record", body.events)
+        acks = await self.call("recommend", "record", body.events, idempotent=False)
         return {"accepted": len(acks)}
 
     @app.get("/v1/recommendations", response_model=Recommendations)
@@ -278,7 +292,7 @@ class Ingress:
             stream = self.handles["pipeline"].options(stream=True).create_stream.remote(body)
             return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=_SSE_HEADERS)
         try:
-            return await self.call("pipeline", "create", body)
+            return await self.call("pipeline", "create", body, idempotent=False)
         except ApiError as exc:
             if isinstance(exc.original, PipelineFailed):  # no article: answer with the failed record
                 content = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from deployments.image import ImageOptions, ImageResult
 from deployments.recommend import ID_PATTERN, ItemIn, Recommendations, RecommendRequest, ScoredItem
 from deployments.text import Article, ArticleLength, ArticleRequest
 from deployments.voice import VoiceOptions, VoiceResult
+from graphs.calls import CallError, call_service
 from graphs.errors import CallFailure, classify
 from graphs.storage import CONTENT_ID, AssetStore, ContentCatalog, new_content_id
 
@@ -58,6 +60,7 @@ class PipelineConfig(StrictModel):
     )
     timeouts_s: StageTimeouts = Field(default_factory=StageTimeouts)
     recommendations_k: int = Field(5, ge=1, le=100, description="Recommendations returned with each content.")
+    retries: int = Field(1, ge=0, le=5, description="Times a stage call lost with a dying replica is sent again.")
     register_items: bool = Field(True, description="Make stored content an item the recommender knows.")
 
 
@@ -150,28 +153,32 @@ class ContentPipeline:
     ) -> None:
         self.text, self.image, self.voice, self.recommend = text, image, voice, recommend
         self.config = PipelineConfig.model_validate(config or {})
-        self._catalog: ContentCatalog | None = None  # opened on first use, from the config in force then
+        self._catalog: ContentCatalog | None = None  # opened by reconfigure, or on first use
         self._assets: AssetStore | None = None
+        self._stores_lock = threading.Lock()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         new = PipelineConfig.model_validate(user_config or {})
-        if new.catalog_url != self.config.catalog_url:
-            self._catalog = None
-        if new.asset_url != self.config.asset_url:
-            self._assets = None
-        self.config = new
+        with self._stores_lock:
+            if self._catalog is None or new.catalog_url != self.config.catalog_url:
+                self._catalog = ContentCatalog(new.catalog_url)
+            if self._assets is None or new.asset_url != self.config.asset_url:
+                self._assets = AssetStore(new.asset_url)
+            self.config = new
 
     @property
     def catalog(self) -> ContentCatalog:
-        if self._catalog is None:
-            self._catalog = ContentCatalog(self.config.catalog_url)
-        return self._catalog
+        with self._stores_lock:  # first use may come from several threads at once
+            if self._catalog is None:
+                self._catalog = ContentCatalog(self.config.catalog_url)
+            return self._catalog
 
     @property
     def assets(self) -> AssetStore:
-        if self._assets is None:
-            self._assets = AssetStore(self.config.asset_url)
-        return self._assets
+        with self._stores_lock:
+            if self._assets is None:
+                self._assets = AssetStore(self.config.asset_url)
+            return self._assets
 
     # --- creating -----------------------------------------------------------------------------------------
     async def create(self, request: ContentRequest) -> ContentRecord:
@@ -229,28 +236,31 @@ class ContentPipeline:
         voice_options = request.voice
         if voice_options.seed is None:
             voice_options = voice_options.model_copy(update={"seed": request.seed})
-        recommendations = self.recommend.recommend.remote(
-            RecommendRequest(user_id=request.user_id or "anonymous", k=cfg.recommendations_k)
-        )
+        recommend_request = RecommendRequest(user_id=request.user_id or "anonymous", k=cfg.recommendations_k)
+        recommendations = self.recommend.recommend.remote(recommend_request)
 
-        # Stage 1: the article. Streamed token by token when asked, else chained straight into image and voice.
-        image_call = audio_call = None
+        # Stage 1: the article. Streamed token by token when asked, else chained straight into image and voice:
+        # their calls get the article's DeploymentResponse and start the moment it resolves. A request lost with
+        # a dying text replica is sent again (with fresh chained calls), within the stage's timeout.
+        chained: dict[str, Any] = {}
+
+        def start_article() -> Any:
+            for call in chained.values():
+                call.cancel()
+            article_call = self.text.write_article.remote(article_request)
+            chained["image"] = self.image.illustrate.remote(article_call, image_options, request.style)
+            chained["audio"] = self.voice.narrate.remote(article_call, voice_options)
+            return article_call
+
         try:
             if request.stream:
                 article = await self._stream_article(article_request, emit)
-                source: Any = article
-                image_call = self.image.illustrate.remote(source, image_options, request.style)
-                audio_call = self.voice.narrate.remote(source, voice_options)
             else:
-                article_call = self.text.write_article.remote(article_request)
-                image_call = self.image.illustrate.remote(article_call, image_options, request.style)
-                audio_call = self.voice.narrate.remote(article_call, voice_options)
-                article = await asyncio.wait_for(_await(article_call), cfg.timeouts_s.article)
+                article = await call_service(start_article, "text", cfg.timeouts_s.article, cfg.retries)
         except Exception as exc:
-            failure = classify(exc, "text", cfg.timeouts_s.article)
-            for call in (image_call, audio_call, recommendations):
-                if call is not None:
-                    call.cancel()
+            failure = exc.failure if isinstance(exc, CallError) else classify(exc, "text", cfg.timeouts_s.article)
+            for call in (*chained.values(), recommendations):
+                call.cancel()
             record.errors["article"] = failure.message
             record.timings_ms["article"] = _ms(started)
             raise PipelineFailed(record, failure) from None
@@ -260,25 +270,35 @@ class ContentPipeline:
         await emit("article", {"title": article.title, "body": article.body, "ms": record.timings_ms["article"]})
 
         # Stage 2: image, audio and recommendations, each with its own timeout, reported as each finishes.
+        # A retry (after a replica died) sends the article itself rather than the spent response.
         media_started = time.perf_counter()
-        calls = {"image": image_call, "audio": audio_call, "recommendations": recommendations}
-        limits = {stage: getattr(cfg.timeouts_s, stage) for stage in calls}
+        fresh = {
+            "image": lambda: self.image.illustrate.remote(article, image_options, request.style),
+            "audio": lambda: self.voice.narrate.remote(article, voice_options),
+            "recommendations": lambda: self.recommend.recommend.remote(recommend_request),
+        }
+        first = {**chained, "recommendations": recommendations}
+        services = {"image": "image", "audio": "voice", "recommendations": "recommend"}
         results: dict[str, Any] = {}
 
         async def stage(name: str) -> None:
+            calls = iter([first.get(name)])
+
+            def make_call() -> Any:
+                return next(calls, None) or fresh[name]()
+
             try:
-                results[name] = await asyncio.wait_for(_await(calls[name]), limits[name])
-            except Exception as exc:
-                calls[name].cancel()
-                service = {"image": "image", "audio": "voice", "recommendations": "recommend"}[name]
-                record.errors[name] = classify(exc, service, limits[name]).message
+                limit = getattr(cfg.timeouts_s, name)
+                results[name] = await call_service(make_call, services[name], limit, cfg.retries)
+            except CallError as exc:
+                record.errors[name] = exc.failure.message
             record.timings_ms[name] = _ms(media_started)
             event: dict[str, Any] = {"ok": name in results, "ms": record.timings_ms[name]}
             if name in record.errors:
                 event["error"] = record.errors[name]
             await emit(name, event)
 
-        await asyncio.gather(*(stage(name) for name in calls))
+        await asyncio.gather(*(stage(name) for name in fresh))
 
         # Stage 3: store the assets, then the record (so a record never points at a missing asset).
         store_started = time.perf_counter()
@@ -305,13 +325,12 @@ class ContentPipeline:
 
         # Stage 4: the stored content becomes an item users can interact with and be recommended.
         if cfg.register_items:
-            try:
-                await asyncio.wait_for(
-                    _await(self.recommend.add_items.remote([ItemIn(item_id=content_id, title=article.title)])),
-                    cfg.timeouts_s.recommendations,
-                )
-            except Exception as exc:
-                record.errors["register"] = classify(exc, "recommend", cfg.timeouts_s.recommendations).message
+            item = [ItemIn(item_id=content_id, title=article.title)]
+            try:  # registering an item twice is harmless (known items stay as they are): retry freely
+                limit = cfg.timeouts_s.recommendations
+                await call_service(lambda: self.recommend.add_items.remote(item), "recommend", limit, cfg.retries)
+            except CallError as exc:
+                record.errors["register"] = exc.failure.message
                 record.status = "partial"
         record.timings_ms["total"] = _ms(started)
         await asyncio.to_thread(self.catalog.update, record.model_dump(mode="json"))  # GET answers what POST did
@@ -360,10 +379,6 @@ class ContentPipeline:
         if record is None or (record.image_url if kind == "image" else record.audio_url) is None:
             return None
         return self.assets.get(f"{content_id}/{'image.png' if kind == 'image' else 'audio.wav'}")
-
-
-async def _await(response: Any) -> Any:
-    return await response
 
 
 def _ms(since: float) -> float:

@@ -31,6 +31,7 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
 class _SamplingFields(StrictModel):
     model: str | None = Field(None, max_length=256, description="The served model's name (see /v1/models).")
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_BOUND)
+    min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_BOUND, description="End-of-text not before (as in vLLM).")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
@@ -53,6 +54,7 @@ class _SamplingFields(StrictModel):
         return {
             "model": self.model,
             "max_tokens": self.max_tokens,
+            "min_tokens": self.min_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,

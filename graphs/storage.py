@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from deployments.common import create_sql_engine, project_root
+from deployments.common import create_sql_engine, create_tables, project_root
 
 CONTENT_ID = re.compile(r"^c[0-9a-f]{32}$")
 
@@ -83,7 +83,7 @@ class ContentCatalog:
             sa.Column("user_id", sa.String(128), nullable=True, index=True),
             sa.Column("record", sa.JSON, nullable=False),
         )
-        meta.create_all(self.engine)
+        create_tables(meta, self.engine)
 
     def add(self, record: dict[str, Any]) -> None:
         import sqlalchemy as sa

@@ -131,3 +131,16 @@ def test_reconfigure_applies_defaults_in_place_and_reloads_for_a_new_model(tiny_
     assert replica.engine is not engine  # a load-time field changed: a new engine was swapped in
     assert asyncio.run(replica.describe())["dtype"] == "bfloat16"
     assert asyncio.run(replica.describe())["reloads"] == 1
+
+
+def test_min_tokens_keeps_end_of_text_away(generator: TextGenerator) -> None:
+    for seed in range(5):
+        result = generator.generate(TextRequest(prompt="Hi", max_tokens=12, min_tokens=12, seed=seed))
+        assert result.completion_tokens == 12
+
+
+def test_a_vanishing_temperature_means_greedy(generator: TextGenerator) -> None:
+    # Found by the schemathesis run: temperature 1.9e-181 overflowed the softmax.
+    tiny = generator.generate(TextRequest(prompt="Hi", max_tokens=6, temperature=1.9e-181, seed=3))
+    greedy = generator.generate(TextRequest(prompt="Hi", max_tokens=6, temperature=0))
+    assert tiny.text == greedy.text

@@ -89,3 +89,9 @@ def test_split_sentences_bounds_every_piece() -> None:
     assert pieces[:3] == ["First one.", "Second one!", "Third?"]
     assert all(0 < len(p) <= 40 for p in pieces)
     assert " ".join(pieces[3:]).split() == ["word"] * 100
+
+
+@pytest.mark.parametrize("text", ["I", "a", "GÊ", "I. a. b"])
+def test_one_letter_sentences_are_spoken(synth: VoiceSynthesizer, text: str) -> None:
+    # Found by the schemathesis run: Coqui's VITS fails on a one-symbol input.
+    assert synth.synthesize(VoiceRequest(input=text, seed=0)).duration_s > 0

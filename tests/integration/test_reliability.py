@@ -1,0 +1,164 @@
+"""Overload, dying replicas, a lost node, and access control, on the live app with real Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+
+import httpx
+import ray
+
+from scripts.serve_configs import app_of, deployments_of
+from tests.integration.conftest import wait_healthy
+from tests.integration.test_scaling import with_app
+
+MODELS = ("text", "image", "voice", "recommend")
+
+
+def replica_actor(app: str, deployment: str):
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+    assert len(names) == 1, names
+    return ray.get_actor(names[0], namespace="serve")
+
+
+async def _hammer(url: str, payload: dict, seconds: float, concurrency: int, timeout: float = 120) -> list:
+    """Send ``payload`` from ``concurrency`` clients for ``seconds``; every request's (status, body, seconds)."""
+    results: list = []
+    deadline = time.monotonic() + seconds
+
+    async def worker(session: httpx.AsyncClient) -> None:
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                response = await session.post(url, json=payload)
+                results.append((response.status_code, response.json(), time.monotonic() - started))
+            except httpx.HTTPError as exc:  # a hang or a dropped connection counts as lost
+                results.append((None, repr(exc), time.monotonic() - started))
+
+    async with httpx.AsyncClient(timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return results
+
+
+def test_killing_the_text_replica_under_load_loses_no_request(client: httpx.Client, deployed_app: dict) -> None:
+    before = client.get("/v1/health").json()["services"]["text"]["replica"]
+    payload = {"prompt": "Once upon a time", "max_tokens": 8}
+
+    async def scenario() -> list:
+        load = asyncio.create_task(_hammer(f"{deployed_app['url']}/v1/completions", payload, 12, concurrency=4))
+        await asyncio.sleep(3)
+        ray.kill(replica_actor("content-studio", "text"), no_restart=True)
+        return await load
+
+    results = asyncio.run(scenario())
+    statuses = [status for status, _, _ in results]
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    health = wait_healthy(deployed_app["url"])
+    assert health["services"]["text"]["replica"] != before  # Serve replaced the killed replica
+
+
+def test_killing_the_image_replica_under_pipeline_load_degrades_or_retries(
+    client: httpx.Client, deployed_app: dict
+) -> None:
+    payload = {"topic": "harbours", "user_id": "user-4"}
+
+    async def scenario() -> list:
+        load = asyncio.create_task(_hammer(f"{deployed_app['url']}/v1/content", payload, 10, concurrency=3))
+        await asyncio.sleep(2)
+        ray.kill(replica_actor("content-studio", "image"), no_restart=True)
+        return await load
+
+    results = asyncio.run(scenario())
+    failed = [body for status, body, _ in results if status != 200]
+    assert results and not failed, failed
+    for _, record, _ in results:
+        assert record["status"] in ("complete", "partial")
+        assert set(record["errors"]) <= {"image"}  # only the killed service's stage may be missing
+        assert record["article"]["body"]
+    wait_healthy(deployed_app["url"])
+
+
+def test_overload_is_answered_at_once_with_503_and_retry_after(deployed_app: dict, redeploy) -> None:
+    app = copy.deepcopy(app_of(deployed_app["config"]))
+    app["name"], app["route_prefix"] = "tight", "/tight"
+    text = deployments_of(app)["text"]
+    text.update(max_ongoing_requests=1, max_queued_requests=1, autoscaling_config=None, num_replicas=1)
+    text["user_config"] = {**text["user_config"], "faults": {"delay_s": 3.0}}  # each request holds 3 s
+    redeploy(with_app(deployed_app, app), app="tight", healthy=(*MODELS, "pipeline", "ingress"))
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as session:
+            url = f"{deployed_app['url']}/tight/v1/completions"
+            send = [session.post(url, json={"prompt": "hi", "max_tokens": 2}) for _ in range(6)]
+            started = time.monotonic()
+            responses = await asyncio.gather(*send)
+            return [(r, time.monotonic() - started) for r in responses]
+
+    results = asyncio.run(burst())
+    statuses = sorted(r.status_code for r, _ in results)
+    assert 200 in statuses and 503 in statuses, statuses
+    assert set(statuses) <= {200, 503}
+    for response, _ in results:
+        if response.status_code == 503:
+            assert int(response.headers["retry-after"]) >= 1
+            assert response.json()["error"]["type"] == "service_unavailable"
+
+
+def test_api_keys_when_configured(client: httpx.Client, deployed_app: dict, redeploy) -> None:
+    config = copy.deepcopy(deployed_app["config"])
+    ingress = deployments_of(app_of(config))["ingress"]
+    ingress["user_config"] = {**ingress["user_config"], "access": {"api_keys": ["k-123"]}}
+    redeploy(config)
+    deadline = time.monotonic() + 60
+    while client.get("/v1/models").status_code != 401 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the ingress applies its new config in place
+    denied = client.get("/v1/models")
+    assert denied.status_code == 401 and "k-123" not in denied.text
+    assert client.get("/v1/models", headers={"Authorization": "Bearer k-123"}).status_code == 200
+    assert client.get("/docs").status_code == 200  # the docs page needs no key
+
+
+def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, redeploy, tmp_path) -> None:
+    """Two extra nodes offer a `spot` resource; text must run on one. Removing its node: requests fail fast or
+    degrade while Serve restarts the replica on the other node, then succeed again. Nothing hangs."""
+    cluster = deployed_app["cluster"]
+    # Spot nodes have no CPUs for anyone else: only the text replica (0 CPUs, half a `spot`) can land there.
+    spot = [cluster.add_node(num_cpus=0, resources={"spot": 1}) for _ in range(2)]
+    cluster.wait_for_nodes()
+    app = copy.deepcopy(app_of(deployed_app["config"]))
+    app["name"], app["route_prefix"] = "spot", "/spot"
+    text = deployments_of(app)["text"]
+    text.update(autoscaling_config=None, num_replicas=1)
+    text["ray_actor_options"] = {"num_cpus": 0, "resources": {"spot": 0.5}}
+    ingress = deployments_of(app)["ingress"]
+    ingress["user_config"] = {
+        **ingress["user_config"],
+        "timeouts_s": {**ingress["user_config"]["timeouts_s"], "text": 10},
+    }
+    try:
+        redeploy(with_app(deployed_app, app), app="spot", healthy=(*MODELS, "pipeline", "ingress"))
+        url = f"{deployed_app['url']}/spot"
+        node = httpx.get(f"{url}/v1/health", timeout=30).json()["services"]["text"]["node_id"]
+        doomed = next(n for n in spot if n.node_id == node)
+        cluster.remove_node(doomed, allow_graceful=False)
+
+        outcomes: list[tuple[int, float]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            response = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=30)
+            outcomes.append((response.status_code, time.monotonic() - started))
+            if response.status_code == 200 and len(outcomes) > 1:
+                break
+            time.sleep(1)
+        assert outcomes[-1][0] == 200, outcomes  # back, on the remaining spot node
+        assert all(status in (200, 503, 504) for status, _ in outcomes), outcomes
+        assert all(seconds < 15 for _, seconds in outcomes), outcomes  # each answered within its timeout
+        health = httpx.get(f"{url}/v1/health", timeout=30).json()["services"]["text"]
+        assert health["node_id"] != node
+    finally:
+        for node in spot:
+            if node in cluster.worker_nodes:
+                cluster.remove_node(node)
