@@ -31,11 +31,13 @@ class StrictModel(BaseModel):
 class FaultInjection(StrictModel):
     """Deliberate failures, for resilience tests and game days (like a service mesh's fault injection).
 
-    Off by default. Applied to requests only, not to health checks, so a faulty replica stays in service.
+    Off by default. ``error_rate`` and ``delay_s`` apply to requests only, not to health checks, so a faulty
+    replica stays in service; ``fail_health_checks`` makes the replica look sick to Serve instead.
     """
 
     error_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests that fail with InjectedFault.")
     delay_s: float = Field(0.0, ge=0.0, le=600.0, description="Added latency before every request.")
+    fail_health_checks: bool = Field(False, description="Health checks fail, so Serve replaces the replica.")
 
 
 class InjectedFault(RuntimeError):

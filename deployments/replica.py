@@ -75,6 +75,9 @@ class ModelReplica(Generic[ConfigT, EngineT]):
         self._install(await asyncio.to_thread(self.build_engine, config))
 
     async def check_health(self) -> None:
+        """Serve's periodic probe: the model must answer (each engine runs a tiny real inference)."""
+        if self.engine.config.faults.fail_health_checks:
+            raise InjectedFault(f"injected health check failure in the {self.service} service")
         await asyncio.to_thread(self.engine.check_health)
 
     async def run(self, fn: Callable[..., ResultT], *args: Any) -> ResultT:

@@ -68,9 +68,8 @@ HEAD = {"num_cpus": 4, "num_gpus": 0}
 WORKERS = [{"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2, "num_gpus": 2}]
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[dict[str, Any]]:
-    """One multi-node local Ray cluster for the whole test session."""
+def start_cluster() -> dict[str, Any]:
+    """Start the multi-node local cluster and connect this process to it as a driver."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -87,18 +86,32 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     workers = [cluster.add_node(**spec) for spec in WORKERS]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
-    yield {
+    return {
         "dashboard": f"http://127.0.0.1:{dashboard_port}",
         "address": cluster.address,
         "cluster": cluster,
         "head_node_id": cluster.head_node.node_id,
         "worker_node_ids": [w.node_id for w in workers],
     }
+
+
+def stop_cluster(state: dict[str, Any]) -> None:
+    """Stop everything: Serve, this driver, and every node (what `ray stop` does on a machine)."""
+    import ray
     from ray import serve
 
     serve.shutdown()
     ray.shutdown()
-    cluster.shutdown()
+    state["cluster"].shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[dict[str, Any]]:
+    """One multi-node local Ray cluster for the whole test session (a test marked `restarts_cluster` may
+    replace it; the dict is updated in place)."""
+    state = start_cluster()
+    yield state
+    stop_cluster(state)
 
 
 @pytest.fixture(scope="session")
@@ -130,6 +143,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+    # A test that stops the whole cluster goes last, so that every other test shares one Ray instance.
+    items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
 
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")

@@ -12,8 +12,6 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tests.integration.conftest import wait_healthy
-
 
 def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
     events, name = [], None
@@ -151,16 +149,3 @@ def test_without_an_image_replica_the_pipeline_degrades_within_the_stage_timeout
 def _user_config(deployed_app: dict, name: str) -> dict:
     deployments = deployed_app["config"]["applications"][0]["deployments"]
     return copy.deepcopy(next(d["user_config"] for d in deployments if d["name"] == name))
-
-
-def test_records_and_assets_survive_an_app_restart(client: httpx.Client, created: dict, deployed_app: dict) -> None:
-    from ray import serve
-
-    from tests.integration.conftest import serve_cli
-
-    serve.shutdown()  # every app, replica, proxy and the controller go; through this driver so its client resets
-    serve_cli("deploy", str(deployed_app["config_path"]), dashboard=deployed_app["dashboard"])
-    wait_healthy(deployed_app["url"])
-    assert client.get(f"/v1/content/{created['id']}").json() == created
-    assert Image.open(io.BytesIO(client.get(created["image_url"]).content)).format == "PNG"
-    assert sf.read(io.BytesIO(client.get(created["audio_url"]).content))[1] == 16000

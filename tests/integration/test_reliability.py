@@ -162,3 +162,28 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
         for node in spot:
             if node in cluster.worker_nodes:
                 cluster.remove_node(node)
+
+
+def test_a_replica_failing_its_health_checks_is_replaced(deployed_app: dict, redeploy) -> None:
+    """Health checks run real inference; when they fail (here: injected through config), Serve replaces the
+    replica."""
+    app = copy.deepcopy(app_of(deployed_app["config"]))
+    app["name"], app["route_prefix"] = "sick", "/sick"
+    voice = deployments_of(app)["voice"]
+    voice.update(health_check_period_s=1, health_check_timeout_s=5, autoscaling_config=None, num_replicas=1)
+    redeploy(with_app(deployed_app, app), app="sick", healthy=(*MODELS, "pipeline", "ingress"))
+    url = f"{deployed_app['url']}/sick/v1/health"
+    first = httpx.get(url, timeout=30).json()["services"]["voice"]["replica"]
+
+    voice["user_config"] = {**voice["user_config"], "faults": {"fail_health_checks": True}}
+    redeploy(with_app(deployed_app, app))
+    prefix = "SERVE_REPLICA::sick#voice#"
+    replicas: set[str] = set()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        replicas |= {name.removeprefix(prefix) for name in names if name.startswith(prefix)}
+        if replicas - {first}:
+            break
+        time.sleep(1)
+    assert replicas - {first}, "Serve never replaced the unhealthy replica"
