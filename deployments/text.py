@@ -103,6 +103,13 @@ class TextResult(StrictModel):
     model: str
 
 
+class StreamStart(StrictModel):
+    """First item of a text stream: the request was accepted by this model."""
+
+    model: str
+    prompt_tokens: int
+
+
 class ArticleRequest(StrictModel):
     """An article for the content pipeline: the prompt comes from config, the topic from the user."""
 
@@ -209,7 +216,7 @@ class TextGenerator:
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join([*lines, "assistant:"])
 
-    def _prepare(self, request: TextRequest) -> _Prepared:
+    def prepare(self, request: TextRequest) -> Prepared:
         """Validate against the model and config, and encode: everything before the model runs."""
         cfg = self.config
         cfg.check_model(request.model)
@@ -236,7 +243,7 @@ class TextGenerator:
         sampling: dict[str, Any] = {"do_sample": sample, "min_new_tokens": min(request.min_tokens, max_tokens)}
         if sample:
             sampling.update(temperature=temperature, top_p=top_p, top_k=0)
-        return _Prepared(
+        return Prepared(
             encoded={k: v.to(self.placement.device) for k, v in encoded.items()},
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
@@ -245,8 +252,8 @@ class TextGenerator:
             seed=request.seed,
         )
 
-    def _run(
-        self, prepared: _Prepared, emit: Callable[[str], None] | None = None, cancel: threading.Event | None = None
+    def run(
+        self, prepared: Prepared, emit: Callable[[str], None] | None = None, cancel: threading.Event | None = None
     ) -> TextResult:
         """Generate; ``emit`` receives text deltas as tokens arrive; ``cancel`` stops generation early."""
         import torch
@@ -280,7 +287,7 @@ class TextGenerator:
         cancel: threading.Event | None = None,
     ) -> TextResult:
         """Generate a completion; ``emit`` (optional) gets each new piece of text, stop sequences never leak."""
-        return self._run(self._prepare(request), emit, cancel)
+        return self.run(self.prepare(request), emit, cancel)
 
     # --- articles -----------------------------------------------------------------------------------------
     def article_request(self, request: ArticleRequest) -> TextRequest:
@@ -308,7 +315,9 @@ class TextGenerator:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """A validated, encoded request: everything ``run`` needs."""
+
     encoded: dict[str, Any]
     prompt_tokens: int
     max_tokens: int
@@ -406,11 +415,14 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
     async def generate(self, request: TextRequest) -> TextResult:
         return await self.run(self.engine.generate, request)
 
-    async def generate_stream(self, request: TextRequest) -> AsyncIterator[str | TextResult]:
-        """Text deltas as they are generated, then the full result; closing the stream stops generation."""
+    async def generate_stream(self, request: TextRequest) -> AsyncIterator[StreamStart | str | TextResult]:
+        """A ``StreamStart`` once the request is accepted (a bad request fails before anything streams), then
+        text deltas as they are generated, then the full result; closing the stream stops generation."""
         await self.inject_faults()
         engine = self.engine
-        async for item in iterate_in_thread(lambda emit, cancel: engine.generate(request, emit, cancel)):
+        prepared = engine.prepare(request)
+        yield StreamStart(model=engine.config.name, prompt_tokens=prepared.prompt_tokens)
+        async for item in iterate_in_thread(lambda emit, cancel: engine.run(prepared, emit, cancel)):
             yield item
 
     async def write_article(self, request: ArticleRequest) -> Article:

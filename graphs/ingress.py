@@ -10,6 +10,8 @@ import asyncio
 import json
 import logging
 import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, ClassVar
 
@@ -43,6 +45,9 @@ from graphs.protocol import (
     ModelCard,
     ModelList,
     SpeechRequest,
+    Usage,
+    chat_chunk,
+    completion_chunk,
 )
 from graphs.storage import CONTENT_ID
 
@@ -157,6 +162,43 @@ async def _sse(stream: Any) -> AsyncIterator[str]:
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _openai_sse(stream: Any, model: str, chat: bool, include_usage: bool, timeout: float) -> AsyncIterator[str]:
+    """Text stream items as OpenAI chunks: deltas as they come, a last chunk with the finish reason, [DONE]."""
+    chunk_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    created = int(time.time())
+
+    def chunk(text: str | None, finish: str | None) -> str:
+        if chat:
+            delta = (
+                {} if text is None else ({"role": "assistant", "content": text} if text == "" else {"content": text})
+            )
+            body = chat_chunk(chunk_id, created, model, delta, finish)
+        else:
+            body = completion_chunk(chunk_id, created, model, text or "", finish)
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        if chat:
+            yield chunk("", None)  # the role first, as OpenAI does
+        async with asyncio.timeout(timeout):
+            async for item in stream:
+                if isinstance(item, str):
+                    yield chunk(item, None)
+                else:
+                    yield chunk(None, item.finish_reason)
+                    if include_usage:
+                        usage = Usage.of(item).model_dump()
+                        kind = "chat.completion.chunk" if chat else "text_completion"
+                        last = {"id": chunk_id, "object": kind, "created": created, "model": model}
+                        yield f"data: {json.dumps({**last, 'choices': [], 'usage': usage})}\n\n"
+    except Exception as exc:  # the headers are sent: the error goes in the stream, as OpenAI does
+        failure = classify(exc, "text", timeout)
+        yield f"data: {json.dumps(error_body(failure.message, failure.field, failure.kind))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
 ContentIdParam = Annotated[str, Path(pattern=CONTENT_ID.pattern, description="A content id (`c` + 32 hex).")]
 KParam = Annotated[int | None, Query(ge=1, le=MAX_K, description="How many items (default from config).")]
 
@@ -225,15 +267,42 @@ class Ingress:
         ]
         return ModelList(data=cards)
 
-    @app.post("/v1/completions", response_model=CompletionResponse)
-    async def completions(self, body: CompletionRequest) -> CompletionResponse:
+    @app.post(
+        "/v1/completions",
+        response_model=CompletionResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def completions(self, body: CompletionRequest) -> Any:
+        if body.stream:
+            return await self._stream_text(body, chat=False)
         result = await self.call("text", "generate", body.to_service())
         return CompletionResponse.of(result)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-    async def chat_completions(self, body: ChatCompletionRequest) -> ChatCompletionResponse:
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+        if body.stream:
+            return await self._stream_text(body, chat=True)
         result = await self.call("text", "generate", body.to_service())
         return ChatCompletionResponse.of(result)
+
+    async def _stream_text(self, body: CompletionRequest | ChatCompletionRequest, chat: bool) -> StreamingResponse:
+        """OpenAI-format SSE. The first item is awaited before answering, so a request the model rejects gets
+        its 4xx (not a 200 with an error inside); a client that goes away closes the stream, which stops
+        generation in the text replica."""
+        limit = self.config.timeouts_s.text
+        stream = self.handles["text"].options(stream=True).generate_stream.remote(body.to_service())
+        try:
+            start = await asyncio.wait_for(stream.__anext__(), timeout=limit)
+        except Exception as exc:
+            stream.cancel()
+            raise self._api_error(classify(exc, "text", limit)) from None
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _openai_sse(stream, start.model, chat, include_usage, limit)
+        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @app.post("/v1/images/generations", response_model=ImageGenerationResponse)
     async def images(self, body: ImageGenerationRequest) -> ImageGenerationResponse:

@@ -28,6 +28,10 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+class StreamOptions(StrictModel):
+    include_usage: bool = False
+
+
 class _SamplingFields(StrictModel):
     model: str | None = Field(None, max_length=256, description="The served model's name (see /v1/models).")
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_BOUND)
@@ -37,7 +41,8 @@ class _SamplingFields(StrictModel):
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     seed: int | None = Seed
     stop: str | list[str] | None = Field(None, description="Up to 4 stop sequences.")
-    stream: Literal[False] = Field(False, description="Streaming is not offered yet; send false or omit.")
+    stream: bool = Field(False, description="Answer with server-sent events, OpenAI's chunk format, then [DONE].")
+    stream_options: StreamOptions | None = Field(None, description="`include_usage`: a last chunk with usage.")
     user: str | None = Field(None, max_length=256, description="Caller's end-user id (accepted, unused).")
 
     @field_validator("stop")
@@ -306,3 +311,13 @@ class ModelCard(StrictModel):
 class ModelList(StrictModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def completion_chunk(chunk_id: str, created: int, model: str, text: str, finish: str | None) -> dict[str, Any]:
+    choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    return {"id": chunk_id, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+
+
+def chat_chunk(chunk_id: str, created: int, model: str, delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}

@@ -56,3 +56,35 @@ def test_bad_request_raises_a_client_error(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as err:
         oai.completions.create(model="tiny-gpt2", prompt="hi", max_tokens=0)
     assert err.value.body["param"] == "max_tokens"
+
+
+def test_chat_streams_chunk_by_chunk(oai: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Tell me about the sea"}]
+    request = {"model": "tiny-gpt2", "messages": messages, "max_tokens": 24, "seed": 5, "temperature": 1.0}
+    chunks = list(oai.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len(deltas) >= 3  # tokens arrive as they are generated, not as one block
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes in (["length"], ["stop"])
+    assert chunks[-1].usage.completion_tokens <= 24
+    whole = oai.chat.completions.create(**request)
+    assert "".join(deltas) == whole.choices[0].message.content  # same seed: the stream spells the same text
+
+
+def test_completion_stream_and_its_errors(oai: openai.OpenAI, base_url: str) -> None:
+    import httpx
+
+    stream = oai.completions.create(model="tiny-gpt2", prompt="Waves", max_tokens=10, seed=2, stream=True)
+    texts = [c.choices[0].text for c in stream]
+    assert len(texts) >= 2 and all(isinstance(t, str) for t in texts)
+    # A request the model cannot serve is a 4xx before anything streams, not a 200 with an error inside.
+    response = httpx.post(
+        f"{base_url}/v1/completions", json={"prompt": "hi", "max_tokens": 250, "stream": True}, timeout=60
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "max_tokens"
+    with httpx.stream(
+        "POST", f"{base_url}/v1/completions", json={"prompt": "hi", "max_tokens": 5, "stream": True}, timeout=60
+    ) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"

@@ -144,3 +144,27 @@ def test_a_vanishing_temperature_means_greedy(generator: TextGenerator) -> None:
     tiny = generator.generate(TextRequest(prompt="Hi", max_tokens=6, temperature=1.9e-181, seed=3))
     greedy = generator.generate(TextRequest(prompt="Hi", max_tokens=6, temperature=0))
     assert tiny.text == greedy.text
+
+
+def test_streaming_emits_deltas_that_spell_the_result(generator: TextGenerator) -> None:
+    pieces: list[str] = []
+    result = generator.generate(TextRequest(prompt="Tides", max_tokens=20, seed=4, temperature=1.0), pieces.append)
+    assert len(pieces) >= 2 and "".join(pieces) == result.text
+
+
+def test_stop_sequences_never_leak_into_the_stream(generator: TextGenerator) -> None:
+    base = generator.generate(TextRequest(prompt="Recipe", max_tokens=30, temperature=0))
+    stop = base.text[8:10]
+    pieces: list[str] = []
+    cut = generator.generate(TextRequest(prompt="Recipe", max_tokens=30, temperature=0, stop=[stop]), pieces.append)
+    assert "".join(pieces) == cut.text and stop not in cut.text
+
+
+def test_cancel_stops_generation_early(generator: TextGenerator) -> None:
+    import threading
+
+    cancel = threading.Event()
+    result = generator.generate(
+        TextRequest(prompt="Long story", max_tokens=60, min_tokens=60, seed=1), lambda _: cancel.set(), cancel
+    )
+    assert result.completion_tokens < 10  # a client that goes away stops the model, not only the stream
