@@ -22,6 +22,7 @@ from deployments.common import (
     resolve_placement,
 )
 from deployments.replica import ModelReplica
+from deployments.telemetry import telemetry
 
 MAX_PROMPT_CHARS = 2000
 MAX_SIDE = 2048
@@ -190,6 +191,11 @@ class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
 
     def build_engine(self, config: ImageConfig) -> ImageGenerator:
         return ImageGenerator(config)
+
+    def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
+        if isinstance(result, ImageResult):
+            telemetry.count("content_studio_images_generated", len(result.images), model=result.model)
+            telemetry.observe("content_studio_image_seconds", seconds, model=result.model)
 
     async def generate(self, request: ImageRequest) -> ImageResult:
         return await self.run(self.engine.generate, request)

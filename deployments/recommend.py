@@ -28,6 +28,7 @@ from deployments.common import (
     resolve_placement,
 )
 from deployments.replica import ModelReplica
+from deployments.telemetry import telemetry
 
 EventType = Literal["view", "like", "listen", "share"]
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
@@ -368,6 +369,14 @@ class RecommendDeployment(ModelReplica[RecommendConfig, Recommender]):
 
     def build_engine(self, config: RecommendConfig) -> Recommender:
         return Recommender(config)
+
+    def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
+        if isinstance(result, Recommendations):
+            for item in result.items:
+                telemetry.count("content_studio_recommendations", reason=item.reason)
+        elif method == "record":
+            for event in args[0]:
+                telemetry.count("content_studio_interactions", event=event.event)
 
     async def recommend(self, request: RecommendRequest) -> Recommendations:
         return await self.run(self.engine.recommend, request)

@@ -18,7 +18,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from deployments.common import InjectedFault, Placement, ServiceConfig, ServiceNotReady
+from deployments.common import InjectedFault, Placement, RequestError, ServiceConfig, ServiceNotReady
+from deployments.telemetry import telemetry
 
 
 class Engine(Protocol):
@@ -81,9 +82,27 @@ class ModelReplica(Generic[ConfigT, EngineT]):
         await asyncio.to_thread(self.engine.check_health)
 
     async def run(self, fn: Callable[..., ResultT], *args: Any) -> ResultT:
-        """Run a blocking engine call off the event loop, after any configured fault injection."""
-        await self.inject_faults()
-        return await asyncio.to_thread(fn, *args)
+        """Run a blocking engine call off the event loop, after any configured fault injection, and record
+        its metrics."""
+        started = time.perf_counter()
+        method = getattr(fn, "__name__", "call")
+        outcome = "error"
+        try:
+            await self.inject_faults()
+            result = await asyncio.to_thread(fn, *args)
+            outcome = "ok"
+            self.observe(method, args, result, time.perf_counter() - started)
+            return result
+        except RequestError:
+            outcome = "client_error"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            telemetry.count("content_studio_requests", service=self.service, method=method, outcome=outcome)
+            telemetry.observe("content_studio_request_seconds", seconds, service=self.service, method=method)
+
+    def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
+        """Record a service's own metrics for a successful call (tokens, images, audio seconds...)."""
 
     async def inject_faults(self) -> None:
         faults = self.engine.config.faults

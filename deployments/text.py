@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -23,6 +24,7 @@ from deployments.common import (
     resolve_placement,
 )
 from deployments.replica import ModelReplica, iterate_in_thread
+from deployments.telemetry import telemetry
 
 MAX_PROMPT_CHARS = 32_000
 MAX_TOKENS_BOUND = 4096  # a hard schema bound; the model's context and the config may allow less
@@ -412,6 +414,13 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
     def build_engine(self, config: TextConfig) -> TextGenerator:
         return TextGenerator(config)
 
+    def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
+        if isinstance(result, TextResult | Article) and seconds > 0:
+            telemetry.count("content_studio_tokens_generated", result.completion_tokens, model=result.model)
+            telemetry.observe(
+                "content_studio_tokens_per_second", result.completion_tokens / seconds, model=result.model
+            )
+
     async def generate(self, request: TextRequest) -> TextResult:
         return await self.run(self.engine.generate, request)
 
@@ -422,7 +431,10 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
         engine = self.engine
         prepared = engine.prepare(request)
         yield StreamStart(model=engine.config.name, prompt_tokens=prepared.prompt_tokens)
+        started = time.perf_counter()
         async for item in iterate_in_thread(lambda emit, cancel: engine.run(prepared, emit, cancel)):
+            if isinstance(item, TextResult):
+                self.observe("generate_stream", (request,), item, time.perf_counter() - started)
             yield item
 
     async def write_article(self, request: ArticleRequest) -> Article:
@@ -431,5 +443,8 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
     async def write_article_stream(self, request: ArticleRequest) -> AsyncIterator[str | Article]:
         await self.inject_faults()
         engine = self.engine
+        started = time.perf_counter()
         async for item in iterate_in_thread(lambda emit, cancel: engine.write_article(request, emit, cancel)):
+            if isinstance(item, Article):
+                self.observe("write_article_stream", (request,), item, time.perf_counter() - started)
             yield item

@@ -20,6 +20,7 @@ from deployments.common import (
     resolve_placement,
 )
 from deployments.replica import ModelReplica
+from deployments.telemetry import telemetry
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech
 AudioFormat = Literal["wav", "flac", "pcm"]
@@ -223,6 +224,10 @@ class VoiceDeployment(ModelReplica[VoiceConfig, VoiceSynthesizer]):
 
     def build_engine(self, config: VoiceConfig) -> VoiceSynthesizer:
         return VoiceSynthesizer(config)
+
+    def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
+        if isinstance(result, VoiceResult):
+            telemetry.count("content_studio_audio_seconds_synthesized", result.duration_s, model=result.model)
 
     async def synthesize(self, request: VoiceRequest) -> VoiceResult:
         return await self.run(self.engine.synthesize, request)

@@ -29,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.common import StrictModel
 from deployments.image import ImageOptions, ImageResult
 from deployments.recommend import ID_PATTERN, ItemIn, Recommendations, RecommendRequest, ScoredItem
+from deployments.telemetry import telemetry
 from deployments.text import Article, ArticleLength, ArticleRequest
 from deployments.voice import VoiceOptions, VoiceResult
 from graphs.calls import CallError, call_service
@@ -185,6 +186,14 @@ class ContentPipeline:
         """Make one piece of content; raises ``PipelineFailed`` when there is no article."""
         return await self._run(request, _no_events)
 
+    @staticmethod
+    def _observe(record: ContentRecord) -> None:
+        telemetry.count("content_studio_pipeline_results", status=record.status)
+        for stage, ms in record.timings_ms.items():
+            telemetry.observe("content_studio_pipeline_stage_seconds", ms / 1000, stage=stage)
+        for stage in record.errors:
+            telemetry.count("content_studio_pipeline_stage_errors", stage=stage)
+
     async def create_stream(self, request: ContentRequest) -> AsyncIterator[dict[str, Any]]:
         """The same as ``create``, as events: ``started``, ``token``s, ``article``, one per finished stage,
         then ``complete`` (or ``failed``) with the whole record."""
@@ -214,6 +223,15 @@ class ContentPipeline:
                 task.cancel()
 
     async def _run(self, request: ContentRequest, emit: Emit) -> ContentRecord:
+        try:
+            record = await self._make(request, emit)
+        except PipelineFailed as exc:
+            self._observe(exc.record)
+            raise
+        self._observe(record)
+        return record
+
+    async def _make(self, request: ContentRequest, emit: Emit) -> ContentRecord:
         cfg = self.config
         started = time.perf_counter()
         content_id = new_content_id()

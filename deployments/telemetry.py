@@ -1,0 +1,108 @@
+"""Domain metrics of the content platform, exported through Ray's metrics agent to Prometheus.
+
+Serve already exports traffic, latency, errors and replica counts per deployment (``ray_serve_*``); these add
+what only the services know: tokens, images, audio seconds, recommendations, pipeline stages. Ray prefixes
+application metrics with ``ray_`` and counters get ``_total``: ``content_studio_tokens_generated`` is scraped as
+``ray_content_studio_tokens_generated_total``. Outside a Serve replica (unit tests, scripts) recording is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+logger = logging.getLogger("content_studio.telemetry")
+
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    kind: Literal["counter", "histogram"]
+    description: str
+    tags: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+    def exported_name(self, name: str) -> str:
+        """The series name Prometheus sees (Ray's prefix, the counter suffix)."""
+        return f"ray_{name}_total" if self.kind == "counter" else f"ray_{name}_bucket"
+
+
+SPECS: dict[str, MetricSpec] = {
+    "content_studio_requests": MetricSpec(
+        "counter",
+        "Requests to a model service method, by outcome (ok, client_error, error).",
+        ("service", "method", "outcome"),
+    ),
+    "content_studio_request_seconds": MetricSpec(
+        "histogram", "Time a model service spends on a request.", ("service", "method"), tuple(LATENCY_BUCKETS)
+    ),
+    "content_studio_tokens_generated": MetricSpec("counter", "Completion tokens generated.", ("model",)),
+    "content_studio_tokens_per_second": MetricSpec(
+        "histogram", "Generation speed of one request.", ("model",), (1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+    ),
+    "content_studio_images_generated": MetricSpec("counter", "Images generated.", ("model",)),
+    "content_studio_image_seconds": MetricSpec(
+        "histogram", "Time to render one request's images.", ("model",), tuple(LATENCY_BUCKETS)
+    ),
+    "content_studio_audio_seconds_synthesized": MetricSpec("counter", "Seconds of audio synthesized.", ("model",)),
+    "content_studio_recommendations": MetricSpec("counter", "Recommended items, by reason.", ("reason",)),
+    "content_studio_interactions": MetricSpec("counter", "Interactions recorded, by event.", ("event",)),
+    "content_studio_pipeline_stage_seconds": MetricSpec(
+        "histogram", "Latency of each content pipeline stage.", ("stage",), tuple(LATENCY_BUCKETS)
+    ),
+    "content_studio_pipeline_results": MetricSpec(
+        "counter", "Content pipeline requests by result (complete, partial, failed).", ("status",)
+    ),
+    "content_studio_pipeline_stage_errors": MetricSpec("counter", "Failed or timed-out stages.", ("stage",)),
+}
+
+
+class Telemetry:
+    """Creates the metrics on first use inside a Serve replica; every call is safe anywhere."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._disabled = False
+
+    def __reduce__(self):  # Serve pickles deployment classes with their globals: start afresh in each process
+        return (Telemetry, ())
+
+    def _get(self) -> dict[str, Any] | None:
+        if self._metrics is not None or self._disabled:
+            return self._metrics
+        with self._lock:
+            if self._metrics is None and not self._disabled:
+                try:
+                    from ray import serve
+                    from ray.serve import metrics
+
+                    serve.get_replica_context()  # raises outside a replica
+                    made: dict[str, Any] = {}
+                    for name, spec in SPECS.items():
+                        if spec.kind == "counter":
+                            made[name] = metrics.Counter(name, spec.description, tag_keys=spec.tags)
+                        else:
+                            made[name] = metrics.Histogram(
+                                name, spec.description, boundaries=list(spec.buckets), tag_keys=spec.tags
+                            )
+                    self._metrics = made
+                except Exception:
+                    self._disabled = True
+        return self._metrics
+
+    def count(self, name: str, value: float = 1.0, **tags: str) -> None:
+        metrics = self._get()
+        if metrics is not None and value:
+            metrics[name].inc(value, tags={k: str(v) for k, v in tags.items()})
+
+    def observe(self, name: str, value: float, **tags: str) -> None:
+        metrics = self._get()
+        if metrics is not None:
+            metrics[name].observe(value, tags={k: str(v) for k, v in tags.items()})
+
+
+telemetry = Telemetry()
