@@ -12,9 +12,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models run test test-unit test-integration lint format manifests gpu-check clean
+.PHONY: setup models browser run test test-unit test-integration lint format manifests gpu-check clean
 
-setup: $(INSTALLED) models
+setup: $(INSTALLED) models browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ $(BIN)/python:
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# Debian's Chromium for the web studio's browser test; installed when missing and we may (root, apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: no chromium and no root to install it: the browser test will be skipped"; fi; }
 
 # The builder is a no-op when a build by the current recipe exists.
 models: $(INSTALLED)

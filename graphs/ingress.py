@@ -13,11 +13,12 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path as FilePath
 from typing import Annotated, Any, ClassVar
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -162,6 +163,7 @@ async def _sse(stream: Any) -> AsyncIterator[str]:
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STUDIO_PAGE = FilePath(__file__).with_name("studio.html").read_text(encoding="utf-8")
 
 
 async def _openai_sse(stream: Any, model: str, chat: bool, include_usage: bool, timeout: float) -> AsyncIterator[str]:
@@ -418,6 +420,7 @@ class Ingress:
         body = {"status": "ok" if ok else "degraded", "services": services}
         return JSONResponse(status_code=200 if ok else 503, content=body)
 
-    @app.get("/", include_in_schema=False)
-    async def root(self) -> dict[str, Any]:
-        return {"name": "Content Studio", "docs": "/docs", "openapi": "/openapi.json", "health": "/v1/health"}
+    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
+    async def studio(self) -> HTMLResponse:
+        """The web studio: one self-contained page (no assets from the internet) over this API."""
+        return HTMLResponse(STUDIO_PAGE)

@@ -1,0 +1,211 @@
+"""`content-studio`: the command line for Content Studio's HTTP API.
+
+    content-studio create "a short story about lighthouses" --out ./story
+    content-studio recommend --user u1
+    content-studio like c0123... --user u1
+    content-studio status
+    content-studio models
+
+The server is `--url` or $CONTENT_STUDIO_URL (default http://127.0.0.1:8000); the API key, when the server wants
+one, is `--api-key` or $CONTENT_STUDIO_API_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+app = typer.Typer(help="Make and explore content with a Content Studio server.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="CONTENT_STUDIO_URL", help="Server address.")]
+KeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar="CONTENT_STUDIO_API_KEY", help="API key, if the server wants one.")
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+STAGES = ("article", "image", "audio", "recommendations")
+
+
+def _client(url: str, api_key: str | None, timeout: float = 600) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    errors.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = response.text[:300]
+        _fail(f"{response.status_code}: {detail}")
+    return response.json()
+
+
+def _sse(response: httpx.Response):
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: ") and event:
+            yield event, json.loads(line[len("data: ") :])
+
+
+def _progress(state: dict[str, str], tokens: int) -> Table:
+    table = Table.grid(padding=(0, 2))
+    marks = {"waiting": "[dim]·[/]", "running": "[yellow]…[/]", "done": "[green]✓[/]", "failed": "[red]✗[/]"}
+    for stage in STAGES:
+        status = state[stage]
+        detail = f"{tokens} tokens" if stage == "article" and status == "running" else status
+        table.add_row(marks[status], stage, f"[dim]{detail}[/]")
+    return table
+
+
+@app.command()
+def create(
+    topic: Annotated[str, typer.Argument(help="What the content is about.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for article.md, image.png, audio.wav, recommendations.json.")
+    ],
+    user: Annotated[str | None, typer.Option("--user", help="Recommend for this user.")] = None,
+    style: Annotated[str | None, typer.Option(help="e.g. playful, news.")] = None,
+    length: Annotated[str, typer.Option(help="short, medium or long.")] = "short",
+    seed: Annotated[int | None, typer.Option(help="Same seed, same content.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Run the content pipeline with live progress and write its four files."""
+    body: dict[str, Any] = {"topic": topic, "length": length, "stream": True}
+    body.update({k: v for k, v in {"user_id": user, "style": style, "seed": seed}.items() if v is not None})
+    state = dict.fromkeys(STAGES, "waiting")
+    state["article"] = "running"
+    tokens = 0
+    record: dict[str, Any] | None = None
+    started = time.monotonic()
+    with _client(url, api_key) as client:
+        try:
+            with client.stream("POST", "/v1/content", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _check(response)
+                with Live(_progress(state, tokens), console=errors, transient=False) as live:
+                    for event, data in _sse(response):
+                        if event == "token":
+                            tokens += 1
+                        elif event == "article":
+                            state["article"] = "done"
+                            state.update({s: "running" for s in STAGES[1:]})
+                        elif event in STAGES:
+                            state[event] = "done" if data.get("ok") else "failed"
+                        elif event in ("complete", "failed"):
+                            record = data
+                            if event == "failed":
+                                state["article"] = "failed" if not data.get("article") else state["article"]
+                        live.update(_progress(state, tokens))
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {url}: {exc}")
+        if record is None:
+            _fail("the server ended the stream without a result")
+        if record.get("status") == "failed" or not record.get("article"):
+            _fail(record.get("error") or "; ".join(f"{k}: {v}" for k, v in record.get("errors", {}).items()))
+        out.mkdir(parents=True, exist_ok=True)
+        article = record["article"]
+        (out / "article.md").write_text(f"# {article['title']}\n\n{article['body']}\n")
+        for kind, name in (("image_url", "image.png"), ("audio_url", "audio.wav")):
+            if record.get(kind):
+                asset = client.get(record[kind])
+                if asset.status_code == 200:
+                    (out / name).write_bytes(asset.content)
+        (out / "recommendations.json").write_text(json.dumps(record.get("recommendations", []), indent=2) + "\n")
+    written = sorted(p.name for p in out.iterdir())
+    console.print(f"[green]{record['id']}[/] in {time.monotonic() - started:.1f}s → {out}: {', '.join(written)}")
+    if record["status"] == "partial":
+        missing = ", ".join(f"{stage} ({message})" for stage, message in record["errors"].items())
+        errors.print(f"[bold yellow]partial:[/] made without {missing}")
+
+
+@app.command()
+def recommend(
+    user: Annotated[str, typer.Option("--user", help="Who to recommend for.")],
+    k: Annotated[int, typer.Option(help="How many items.")] = 10,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Items recommended for a user, with why."""
+    with _client(url, api_key, 60) as client:
+        items = _check(client.get("/v1/recommendations", params={"user_id": user, "k": k}))["items"]
+    table = Table("item", "score", "why")
+    for item in items:
+        table.add_row(item["item_id"], f"{item['score']:.3f}", item["reason"])
+    console.print(table)
+
+
+@app.command()
+def like(
+    item: Annotated[str, typer.Argument(help="The item (or content id) to like.")],
+    user: Annotated[str, typer.Option("--user", help="Who likes it.")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Record that a user likes an item."""
+    with _client(url, api_key, 60) as client:
+        _check(client.post("/v1/interactions", json={"user_id": user, "item_id": item, "event": "like"}))
+    console.print(f"[green]♥[/] {user} likes {item}")
+
+
+@app.command()
+def status(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Each service's health, model, device and placement."""
+    with _client(url, api_key, 60) as client:
+        response = client.get("/v1/health")
+        if response.status_code not in (200, 503):
+            _check(response)
+        body = response.json()
+    table = Table("service", "status", "model", "device", "GPU ids", "replica", "node")
+    for name, info in body["services"].items():
+        color = "green" if info.get("status") == "ok" else "red"
+        table.add_row(
+            name,
+            f"[{color}]{info.get('status')}[/]",
+            str(info.get("model", "-")),
+            str(info.get("device", "-")),
+            ",".join(info.get("gpu_ids") or []) or "-",
+            str(info.get("replica", "-")),
+            str(info.get("node_id", "-"))[:12],
+        )
+    console.print(table)
+    if body["status"] != "ok":
+        raise typer.Exit(1)
+
+
+@app.command()
+def models(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """The models the server offers."""
+    with _client(url, api_key, 60) as client:
+        data = _check(client.get("/v1/models"))["data"]
+    table = Table("model", "service")
+    for model in data:
+        table.add_row(model["id"], model["service"])
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
