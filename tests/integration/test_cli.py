@@ -17,7 +17,11 @@ CLI = Path(sys.executable).with_name("content-studio")
 
 def run(*args: str, url: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(CLI), *args, "--url", url], capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"}
+        [str(CLI), *args, "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "160"},
     )
 
 

@@ -42,17 +42,23 @@ async def _hammer(url: str, payload: dict, seconds: float, concurrency: int, tim
     return results
 
 
+def load_while_killing(url: str, payload: dict, deployment: str, seconds: float, clients: int) -> list:
+    """Send load for ``seconds``; a few seconds in, kill the deployment's replica (no restart by Ray)."""
+
+    async def scenario() -> list:
+        load = asyncio.create_task(_hammer(url, payload, seconds, concurrency=clients))
+        await asyncio.sleep(min(3, seconds / 4))
+        ray.kill(replica_actor("content-studio", deployment), no_restart=True)
+        return await load
+
+    return asyncio.run(scenario())
+
+
 def test_killing_the_text_replica_under_load_loses_no_request(client: httpx.Client, deployed_app: dict) -> None:
     before = client.get("/v1/health").json()["services"]["text"]["replica"]
     payload = {"prompt": "Once upon a time", "max_tokens": 8}
 
-    async def scenario() -> list:
-        load = asyncio.create_task(_hammer(f"{deployed_app['url']}/v1/completions", payload, 12, concurrency=4))
-        await asyncio.sleep(3)
-        ray.kill(replica_actor("content-studio", "text"), no_restart=True)
-        return await load
-
-    results = asyncio.run(scenario())
+    results = load_while_killing(f"{deployed_app['url']}/v1/completions", payload, "text", seconds=12, clients=4)
     statuses = [status for status, _, _ in results]
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     health = wait_healthy(deployed_app["url"])
@@ -64,13 +70,7 @@ def test_killing_the_image_replica_under_pipeline_load_degrades_or_retries(
 ) -> None:
     payload = {"topic": "harbours", "user_id": "user-4"}
 
-    async def scenario() -> list:
-        load = asyncio.create_task(_hammer(f"{deployed_app['url']}/v1/content", payload, 10, concurrency=3))
-        await asyncio.sleep(2)
-        ray.kill(replica_actor("content-studio", "image"), no_restart=True)
-        return await load
-
-    results = asyncio.run(scenario())
+    results = load_while_killing(f"{deployed_app['url']}/v1/content", payload, "image", seconds=10, clients=3)
     failed = [body for status, body, _ in results if status != 200]
     assert results and not failed, failed
     for _, record, _ in results:
