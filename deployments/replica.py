@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import threading
 import time
@@ -38,6 +39,7 @@ class Engine(Protocol):
 ConfigT = TypeVar("ConfigT", bound=ServiceConfig)
 EngineT = TypeVar("EngineT", bound=Engine)
 ResultT = TypeVar("ResultT")
+logger = logging.getLogger("content_studio.replica")
 
 
 def config_version(config: ServiceConfig) -> str:
@@ -91,7 +93,10 @@ class ModelReplica(Generic[ConfigT, EngineT]):
             await self.inject_faults()
             result = await asyncio.to_thread(fn, *args)
             outcome = "ok"
-            self.observe(method, args, result, time.perf_counter() - started)
+            try:
+                self.observe(method, args, result, time.perf_counter() - started)
+            except Exception:  # metrics must never fail a request
+                logger.warning("recording metrics for %s.%s failed", self.service, method, exc_info=True)
             return result
         except RequestError:
             outcome = "client_error"
