@@ -162,21 +162,19 @@ class VoiceSynthesizer:
             raise RequestError("language", f"unknown language {name!r}; choose one of: {self.languages}")
         return name
 
-    def _long_enough(self, sentence: str) -> str:
-        """VITS fails on a one-symbol input (a lone "I" or "a"): end such a sentence with a full stop."""
-        tokenizer = getattr(self.tts.synthesizer.tts_model, "tokenizer", None)
-        if tokenizer is not None and len(tokenizer.text_to_ids(sentence)) < 2:
-            return sentence + "."
-        return sentence
-
-    def _speakable(self, sentence: str) -> bool:
-        """Whether the model's tokenizer keeps any sound of ``sentence`` (not only pauses and punctuation)."""
+    def _speakable(self, sentence: str) -> str | None:
+        """The sentence as the model can say it, from one pass of its tokenizer: None when only pauses and
+        punctuation would remain; a one-symbol sentence (a lone "I" or "a", on which VITS fails) gets a full
+        stop."""
         tokenizer = getattr(self.tts.synthesizer.tts_model, "tokenizer", None)
         if tokenizer is None:
-            return True
+            return sentence
+        ids = tokenizer.text_to_ids(sentence)
         chars = tokenizer.characters
         silent = set(chars.punctuations) | {chars.pad, chars.blank, chars.bos, chars.eos} | set(" \t")
-        return any(chars.id_to_char(i) not in silent for i in tokenizer.text_to_ids(sentence))
+        if not any(chars.id_to_char(i) not in silent for i in ids):
+            return None
+        return sentence + "." if len(ids) < 2 else sentence
 
     def synthesize(self, request: VoiceRequest) -> VoiceResult:
         import numpy as np
@@ -188,8 +186,8 @@ class VoiceSynthesizer:
         if len(request.input) > cfg.max_input_chars:
             raise RequestError("input", f"must be at most {cfg.max_input_chars} characters")
         speaker, language = self._speaker(request.voice), self._language(request.language)
-        sentences = [self._long_enough(s) for s in split_sentences(request.input, cfg.max_sentence_chars)]
-        sentences = [s for s in sentences if self._speakable(s)]
+        spoken = (self._speakable(s) for s in split_sentences(request.input, cfg.max_sentence_chars))
+        sentences = [s for s in spoken if s is not None]
         if not sentences:
             raise RequestError("input", "has nothing this voice can pronounce")
         pause = np.zeros(int(cfg.sentence_pause_s * self.sample_rate), dtype=np.float32)

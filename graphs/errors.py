@@ -16,10 +16,6 @@ class CallFailure:
     field: str | None = None
     kind: str = "server_error"
 
-    @property
-    def retryable(self) -> bool:
-        return self.status_code in (503, 504)
-
 
 def is_unavailable(exc: BaseException) -> bool:
     """Ray's ways of saying that no replica could take the request."""

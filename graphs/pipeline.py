@@ -34,7 +34,7 @@ from deployments.text import Article, ArticleLength, ArticleRequest
 from deployments.voice import VoiceOptions, VoiceResult
 from graphs.calls import CallError, call_service
 from graphs.errors import CallFailure, classify
-from graphs.storage import CONTENT_ID, AssetStore, ContentCatalog, new_content_id
+from graphs.storage import CONTENT_ID, AssetStore, ContentCatalog, asset_key, new_content_id
 
 logger = logging.getLogger("content_studio.pipeline")
 
@@ -373,9 +373,9 @@ class ContentPipeline:
 
     def _store(self, record: ContentRecord, image: ImageResult | None, audio: VoiceResult | None) -> None:
         if image is not None:
-            self.assets.put(f"{record.id}/image.png", image.images[0])
+            self.assets.put(asset_key(record.id, "image"), image.images[0])
         if audio is not None:
-            self.assets.put(f"{record.id}/audio.wav", audio.audio)
+            self.assets.put(asset_key(record.id, "audio"), audio.audio)
         self.catalog.add(record.model_dump(mode="json"))
 
     # --- reading ------------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ class ContentPipeline:
         record = self.get(content_id)
         if record is None or (record.image_url if kind == "image" else record.audio_url) is None:
             return None
-        return self.assets.get(f"{content_id}/{'image.png' if kind == 'image' else 'audio.wav'}")
+        return self.assets.get(asset_key(content_id, kind))
 
 
 def _ms(since: float) -> float:

@@ -21,6 +21,14 @@ from deployments.common import create_sql_engine, create_tables, project_root
 CONTENT_ID = re.compile(r"^c[0-9a-f]{32}$")
 
 
+ASSET_FILES = {"image": "image.png", "audio": "audio.wav"}
+
+
+def asset_key(content_id: str, kind: str) -> str:
+    """Where a content's asset lives in the store: one name per kind, chosen here, never by a request."""
+    return f"{content_id}/{ASSET_FILES[kind]}"
+
+
 def new_content_id() -> str:
     return "c" + uuid.uuid4().hex
 
@@ -28,7 +36,9 @@ def new_content_id() -> str:
 class AssetStore:
     """Binary assets by key, in any fsspec filesystem; local writes are atomic (temp file + rename)."""
 
-    KEY = re.compile(r"^c[0-9a-f]{32}/[a-z]+\.(png|wav)$")
+    KEY = re.compile(
+        CONTENT_ID.pattern.removesuffix("$") + "/(" + "|".join(map(re.escape, ASSET_FILES.values())) + ")$"
+    )
 
     def __init__(self, url: str) -> None:
         import fsspec
