@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models browser run test test-unit test-integration lint format manifests gpu-check clean
+.PHONY: setup models browser run test test-unit test-integration lint format manifests gpu-check eval-recs clean
 
 setup: $(INSTALLED) models browser
 
@@ -56,6 +56,10 @@ lint: $(INSTALLED)
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Recommender quality on a seeded planted-community data set: popularity vs. ALS vs. hybrid (eval/results/).
+eval-recs: $(INSTALLED)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m scripts.eval_recs
 
 # Render the KubeRay RayService manifest from serve_config.yaml (a test fails when it is stale).
 manifests: $(INSTALLED)

@@ -130,6 +130,46 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         [("sum by (event) (rate(ray_content_studio_interactions_total[5m])) * 60", "{{event}}")],
     ),
     (
+        "Recommender retrains / hour",
+        "short",
+        [("sum by (trigger) (increase(ray_content_studio_recommender_retrains_total[1h]))", "{{trigger}}")],
+    ),
+    (
+        "Dynamic batch size (p50, p95)",
+        "short",
+        [
+            (
+                "histogram_quantile(0.5, sum by (le, service) (rate(ray_content_studio_batch_size_bucket[5m])))",
+                "p50 {{service}}",
+            ),
+            (
+                "histogram_quantile(0.95, sum by (le, service) (rate(ray_content_studio_batch_size_bucket[5m])))",
+                "p95 {{service}}",
+            ),
+        ],
+    ),
+    (
+        "Experiment traffic by variant / s",
+        "reqps",
+        [
+            (
+                "sum by (experiment, variant, outcome) (rate(ray_content_studio_experiment_requests_total[1m]))",
+                "{{experiment}} {{variant}} {{outcome}}",
+            )
+        ],
+    ),
+    (
+        "Experiment p95 latency by variant",
+        "s",
+        [
+            (
+                "histogram_quantile(0.95, sum by (le, experiment, variant) "
+                "(rate(ray_content_studio_experiment_request_seconds_bucket[5m])))",
+                "{{experiment}} {{variant}}",
+            )
+        ],
+    ),
+    (
         "GPU utilization and memory",
         "percent",
         [

@@ -144,8 +144,12 @@ class ModelReplica(Generic[ConfigT, EngineT]):
         return any(getattr(old, f) != getattr(new, f) for f in self.reload_fields)
 
     def _install(self, engine: EngineT) -> None:
-        if self._engine is not None:
+        old = self._engine
+        if old is not None:
             self._reloads += 1
+            close = getattr(old, "close", None)  # stops an engine's background work (requests may still finish)
+            if close is not None:
+                close()
         self._engine = engine
         self._loaded_at = time.time()
 

@@ -57,6 +57,18 @@ SPECS: dict[str, MetricSpec] = {
         "counter", "Content pipeline requests by result (complete, partial, failed).", ("status",)
     ),
     "content_studio_pipeline_stage_errors": MetricSpec("counter", "Failed or timed-out stages.", ("stage",)),
+    "content_studio_recommender_retrains": MetricSpec(
+        "counter", "Recommender versions trained, by trigger (admin, after_events, interval).", ("trigger",)
+    ),
+    "content_studio_batch_size": MetricSpec(
+        "histogram", "Requests served together by one dynamic batch.", ("service",), (1, 2, 4, 8, 16, 32, 64, 128)
+    ),
+    "content_studio_experiment_requests": MetricSpec(
+        "counter", "Requests routed by an experiment, by variant and outcome.", ("experiment", "variant", "outcome")
+    ),
+    "content_studio_experiment_request_seconds": MetricSpec(
+        "histogram", "Latency of requests routed by an experiment.", ("experiment", "variant"), tuple(LATENCY_BUCKETS)
+    ),
 }
 
 
@@ -97,12 +109,18 @@ class Telemetry:
     def count(self, name: str, value: float = 1.0, **tags: str) -> None:
         metrics = self._get()
         if metrics is not None and value:
-            metrics[name].inc(value, tags={k: str(v) for k, v in tags.items()})
+            self._metric(metrics, name).inc(value, tags={k: str(v) for k, v in tags.items()})
 
     def observe(self, name: str, value: float, **tags: str) -> None:
         metrics = self._get()
         if metrics is not None:
-            metrics[name].observe(value, tags={k: str(v) for k, v in tags.items()})
+            self._metric(metrics, name).observe(value, tags={k: str(v) for k, v in tags.items()})
+
+    @staticmethod
+    def _metric(metrics: dict[str, Any], name: str) -> Any:
+        if name not in metrics:
+            raise KeyError(f"metric {name!r} is not in telemetry.SPECS")
+        return metrics[name]
 
 
 telemetry = Telemetry()

@@ -30,6 +30,7 @@ from deployments.recommend import (
     InteractionIn,
     Recommendations,
     RecommendRequest,
+    RetrainReport,
     SimilarRequest,
 )
 from graphs.access import AccessConfig, AccessMiddleware, AccessPolicy, BodyTooLarge
@@ -63,6 +64,7 @@ class ServiceTimeouts(StrictModel):
     image: float = Field(120.0, gt=0, le=3600)
     voice: float = Field(120.0, gt=0, le=3600)
     recommend: float = Field(10.0, gt=0, le=3600)
+    recommend_retrain: float = Field(600.0, gt=0, le=7200, description="An admin retrain of the recommender.")
     pipeline: float = Field(600.0, gt=0, le=7200, description="Whole content requests (stages time out inside).")
 
 
@@ -337,6 +339,13 @@ class Ingress:
             raise ApiError(413, f"at most {self.config.max_batch_events} events per batch", "events")
         acks = await self.call("recommend", "record", body.events, idempotent=False)
         return {"accepted": len(acks)}
+
+    @app.post("/v1/recommend/retrain", response_model=RetrainReport)
+    async def retrain(self) -> RetrainReport:
+        """Retrain the recommender on every recorded event now (admin; 409 while a retrain runs). Every replica
+        serves the new version within its `refresh_s`."""
+        limit = self.config.timeouts_s.recommend_retrain
+        return await self.call("recommend", "retrain", timeout=limit, idempotent=False)
 
     @app.get("/v1/recommendations", response_model=Recommendations)
     async def recommendations(

@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.common import StrictModel
 from deployments.image import ImageOptions, ImageResult
-from deployments.recommend import ID_PATTERN, ItemIn, Recommendations, RecommendRequest, ScoredItem
+from deployments.recommend import ID_PATTERN, MAX_ITEM_TEXT, ItemIn, Recommendations, RecommendRequest, ScoredItem
 from deployments.telemetry import telemetry
 from deployments.text import Article, ArticleLength, ArticleRequest
 from deployments.voice import VoiceOptions, VoiceResult
@@ -343,7 +343,8 @@ class ContentPipeline:
 
         # Stage 4: the stored content becomes an item users can interact with and be recommended.
         if cfg.register_items:
-            item = [ItemIn(item_id=content_id, title=article.title)]
+            text = f"{request.topic}\n{article.body}"[:MAX_ITEM_TEXT]
+            item = [ItemIn(item_id=content_id, title=article.title, text=text)]  # its text: cold-start similarity
             try:  # registering an item twice is harmless (known items stay as they are): retry freely
                 limit = cfg.timeouts_s.recommendations
                 await call_service(lambda: self.recommend.add_items.remote(item), "recommend", limit, cfg.retries)

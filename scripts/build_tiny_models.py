@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Bump when a recipe changes: an existing cache built by an older recipe is rebuilt.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: the recommender seed carries item texts
 SEED = 1234
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / ".cache" / "models" / "tiny"
 
@@ -244,8 +244,11 @@ def synthetic_interactions(seed: int = SEED):
 
 
 def build_recommend(out: Path) -> None:
-    """ALS factors trained with implicit on the synthetic set, saved with the id maps and the training matrix."""
-    from deployments.recommend import save_model_dir
+    """ALS factors trained with implicit on the synthetic set, saved with the id maps, matrix and item texts."""
+    import numpy as np
+
+    from deployments.recommend_model import save_model_dir
+    from scripts.recs_data import item_text
 
     _seed_everything()
     from implicit.cpu.als import AlternatingLeastSquares
@@ -253,7 +256,9 @@ def build_recommend(out: Path) -> None:
     matrix, user_ids, item_ids = synthetic_interactions()
     model = AlternatingLeastSquares(factors=8, iterations=10, regularization=0.05, random_state=SEED)
     model.fit(matrix, show_progress=False)
-    save_model_dir(out, model, matrix, user_ids, item_ids)
+    rng = np.random.default_rng(SEED)
+    texts = {str(item): item_text(n % N_COMMUNITIES, rng) for n, item in enumerate(item_ids)}
+    save_model_dir(out, model, matrix, user_ids, item_ids, item_texts=texts, meta={"source": "tiny seed"})
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {

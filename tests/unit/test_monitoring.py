@@ -49,3 +49,19 @@ def test_prometheus_follows_rays_service_discovery() -> None:
     config = yaml.safe_load((ROOT / "cluster" / "monitoring" / "prometheus.yml").read_text())
     files = config["scrape_configs"][0]["file_sd_configs"][0]["files"]
     assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
+
+
+def test_every_recorded_metric_is_declared() -> None:
+    """A name missing from SPECS would only fail inside a replica: catch it here."""
+    import re
+
+    from deployments.telemetry import SPECS
+
+    root = Path(__file__).resolve().parents[2]
+    used = {
+        name
+        for folder in ("deployments", "graphs")
+        for source in (root / folder).glob("*.py")
+        for name in re.findall(r"telemetry\.(?:count|observe)\(\s*\"([a-z_]+)\"", source.read_text())
+    }
+    assert used and used <= set(SPECS), used - set(SPECS)

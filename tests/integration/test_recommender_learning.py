@@ -1,0 +1,82 @@
+"""The recommender learns in the running app: new content is recommendable at once, retraining drops nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from scripts.build_tiny_models import N_COMMUNITIES, N_USERS
+from scripts.recs_data import TOPICS
+
+
+def test_new_content_is_similar_and_recommended_before_any_interaction(client: httpx.Client) -> None:
+    community = 0
+    topic = " ".join(TOPICS[community][:7])  # what the seed items of community 0 are about
+    record = client.post("/v1/content", json={"topic": topic}).json()
+    assert record["status"] == "complete", record
+    content_id = record["id"]
+
+    similar = client.get(f"/v1/items/{content_id}/similar", params={"k": 5})
+    assert similar.status_code == 200, similar.text
+    neighbours = similar.json()["items"]
+    assert neighbours and all(item["score"] > 0 for item in neighbours)
+    assert (
+        sum(
+            int(i["item_id"].split("-")[1]) % N_COMMUNITIES == community
+            for i in neighbours
+            if i["item_id"].startswith("item-")
+        )
+        >= 3
+    )
+
+    reached = []
+    for user in range(community, N_USERS, N_COMMUNITIES):
+        items = client.get("/v1/recommendations", params={"user_id": f"user-{user}", "k": 10}).json()["items"]
+        reached += [item for item in items if item["item_id"] == content_id]
+    assert reached, "no user of the topic's community was recommended the new content"
+    assert {item["reason"] for item in reached} == {"content"}
+
+
+def test_retraining_under_load_drops_no_request_and_every_answer_moves_to_the_new_version(
+    client: httpx.Client, base_url: str
+) -> None:
+    before = client.get("/v1/recommendations", params={"user_id": "user-1"}).json()["model_version"]
+    client.post(
+        "/v1/interactions/batch",
+        json={"events": [{"user_id": f"learner-{n}", "item_id": "item-2", "event": "like"} for n in range(10)]},
+    ).raise_for_status()
+
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as own:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                statuses.append(own.get("/v1/recommendations", params={"user_id": f"user-{n % 60}"}).status_code)
+
+    workers = [threading.Thread(target=load) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        report = client.post("/v1/recommend/retrain")
+        assert report.status_code == 200, report.text
+        version = report.json()["version"]
+        assert version != before and report.json()["events"] >= 10
+        end = time.monotonic() + 60
+        while time.monotonic() < end:  # every replica swaps within its refresh_s
+            answer = client.get("/v1/recommendations", params={"user_id": "user-1"}).json()
+            if answer["model_version"] == version:
+                break
+            time.sleep(0.5)
+        assert answer["model_version"] == version
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {sorted(set(statuses))}"
+    health = client.get("/v1/health").json()
+    assert health["services"]["recommend"]["model_version"] == version
