@@ -44,6 +44,15 @@ class InjectedFault(RuntimeError):
     """A failure asked for by ``faults`` in the service config."""
 
 
+class BatchingConfig(StrictModel):
+    """Dynamic batching (``@serve.batch``): requests that arrive together run as one model call."""
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most requests in one batch; 1 turns batching off.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0.0, le=5.0, description="How long the first request of a batch waits for others to join."
+    )
+
+
 class ServiceConfig(StrictModel):
     """Fields every model service's config has; each service adds its own."""
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import secrets
 import threading
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 from ray import serve
 
 from deployments.common import (
+    BatchingConfig,
     Narrative,
     RequestError,
     ServiceConfig,
@@ -52,6 +55,10 @@ class ImageConfig(ServiceConfig):
         300, ge=20, le=MAX_PROMPT_CHARS, description="Illustration prompts are cut at a word boundary here."
     )
     health_probe: bool = Field(True, description="Health checks run one tiny denoising step.")
+    batching: BatchingConfig = Field(
+        default_factory=lambda: BatchingConfig(max_batch_size=4),
+        description="Dynamic batching of renders with the same size, steps and guidance; changeable in place.",
+    )
 
 
 class ImageOptions(StrictModel):
@@ -121,9 +128,8 @@ class ImageGenerator:
         if self.config.health_probe:
             self.generate(ImageRequest(prompt="ok", steps=1, width=64, height=64, seed=0))
 
-    def generate(self, request: ImageRequest) -> ImageResult:
-        import torch
-
+    def prepare(self, request: ImageRequest) -> ImageJob:
+        """Validate against the model and config; fill defaults and the seed: everything before rendering."""
         cfg = self.config
         cfg.check_model(request.model)
         steps = request.steps or cfg.default_steps
@@ -138,30 +144,84 @@ class ImageGenerator:
         ):
             if value > limit:
                 raise RequestError(name, f"must be at most {limit} for this model")
-        seed = secrets.randbits(31) if request.seed is None else request.seed
-        # A CPU generator gives the same images for a seed whatever the device.
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        with self._lock, torch.inference_mode():
-            output = self.pipeline(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt if guidance > 1.0 else None,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                width=width,
-                height=height,
-                num_images_per_prompt=request.n,
-                generator=generator,
-                output_type="pil",
-            )
-        return ImageResult(
-            images=[_png(img) for img in output.images],
+        return ImageJob(
             prompt=request.prompt,
-            seed=seed,
+            negative_prompt=request.negative_prompt if guidance > 1.0 else None,
+            steps=steps,
+            guidance=guidance,
             width=width,
             height=height,
-            steps=steps,
-            model=cfg.name,
+            n=request.n,
+            seed=secrets.randbits(31) if request.seed is None else request.seed,
         )
+
+    def generate(self, request: ImageRequest) -> ImageResult:
+        return self.render([self.prepare(request)])[0]
+
+    def render(self, jobs: list[ImageJob]) -> list[ImageResult]:
+        """Render a batch: jobs with the same size, steps and guidance run as one pipeline call.
+
+        Every image has its own CPU generator (image ``i`` of a job seeded ``s`` uses ``s + i``), so a seed
+        gives the same pixels whatever the device and whatever the job is batched with.
+        """
+        import torch
+
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for n, job in enumerate(jobs):
+            groups.setdefault(job.group_key(), []).append(n)
+        images: dict[int, list[Any]] = {}
+        for members in groups.values():
+            group = [jobs[n] for n in members]
+            first = group[0]
+            prompts = [job.prompt for job in group for _ in range(job.n)]
+            negatives = [job.negative_prompt or "" for job in group for _ in range(job.n)]
+            generators = [
+                torch.Generator(device="cpu").manual_seed(job.seed + i) for job in group for i in range(job.n)
+            ]
+            with self._lock, torch.inference_mode():
+                output = self.pipeline(
+                    prompt=prompts,
+                    negative_prompt=negatives if first.negative_prompt is not None else None,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance,
+                    width=first.width,
+                    height=first.height,
+                    generator=generators,
+                    output_type="pil",
+                )
+            it = iter(output.images)
+            for n, job in zip(members, group, strict=True):
+                images[n] = [next(it) for _ in range(job.n)]
+        return [
+            ImageResult(
+                images=[_png(img) for img in images[n]],
+                prompt=job.prompt,
+                seed=job.seed,
+                width=job.width,
+                height=job.height,
+                steps=job.steps,
+                model=self.config.name,
+            )
+            for n, job in enumerate(jobs)
+        ]
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """A validated image request with every default filled in."""
+
+    prompt: str
+    negative_prompt: str | None
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    n: int
+    seed: int
+
+    def group_key(self) -> tuple[Any, ...]:
+        """Jobs with equal keys share one pipeline call (guided jobs with and without a negative prompt differ)."""
+        return (self.steps, self.guidance, self.width, self.height, self.negative_prompt is not None)
 
 
 def illustration_prompt(config: ImageConfig, narrative: Narrative, style: str | None = None) -> str:
@@ -188,6 +248,7 @@ class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
     service: ClassVar[str] = "image"
     config_cls = ImageConfig
     reload_fields = frozenset({"model", "device", "dtype", "variant"})
+    batched_methods = ("_render_batch",)
 
     def build_engine(self, config: ImageConfig) -> ImageGenerator:
         return ImageGenerator(config)
@@ -197,12 +258,22 @@ class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
             telemetry.count("content_studio_images_generated", len(result.images), model=result.model)
             telemetry.observe("content_studio_image_seconds", seconds, model=result.model)
 
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def _render_batch(self, jobs: list[ImageJob]) -> list[ImageResult]:
+        telemetry.observe("content_studio_batch_size", len(jobs), service=self.service)
+        return await asyncio.to_thread(self.engine.render, jobs)
+
+    async def _render(self, request: ImageRequest) -> ImageResult:
+        job = self.engine.prepare(request)
+        if not self.in_serve:
+            return (await asyncio.to_thread(self.engine.render, [job]))[0]
+        return await self._render_batch(job)
+
     async def generate(self, request: ImageRequest) -> ImageResult:
-        return await self.run(self.engine.generate, request)
+        return await self.measure("generate", (request,), lambda: self._render(request))
 
     async def illustrate(self, narrative: Narrative, options: ImageOptions, style: str | None = None) -> ImageResult:
         """An image for a titled text (the content pipeline passes the text service's response straight in)."""
-        engine = self.engine
-        prompt = illustration_prompt(engine.config, narrative, style)
+        prompt = illustration_prompt(self.engine.config, narrative, style)
         request = ImageRequest(prompt=prompt, **options.model_dump())
-        return await self.run(engine.generate, request)
+        return await self.measure("generate", (request,), lambda: self._render(request))

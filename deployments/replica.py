@@ -10,13 +10,14 @@ defaults, limits) is applied to the live engine without reloading weights.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from deployments.common import InjectedFault, Placement, RequestError, ServiceConfig, ServiceNotReady
@@ -55,6 +56,8 @@ class ModelReplica(Generic[ConfigT, EngineT]):
     config_cls: ClassVar[type[ServiceConfig]]
     # Config fields whose change needs new weights; anything else is applied in place.
     reload_fields: ClassVar[frozenset[str]] = frozenset({"model", "device", "dtype"})
+    # ``@serve.batch`` methods whose batch size and wait come from the config's ``batching`` (changed in place).
+    batched_methods: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict[str, Any] | None = None, engine: EngineT | None = None) -> None:
         self._engine: EngineT | None = engine
@@ -62,6 +65,8 @@ class ModelReplica(Generic[ConfigT, EngineT]):
         self._reloads = 0
         if engine is None and config is not None:
             self._install(self.build_engine(self.config_cls.model_validate(config)))
+        if self._engine is not None:
+            self._configure_batching(self._engine.config)
 
     # --- subclasses -----------------------------------------------------------------------------------
     def build_engine(self, config: ConfigT) -> EngineT:
@@ -70,12 +75,23 @@ class ModelReplica(Generic[ConfigT, EngineT]):
     # --- Serve hooks ----------------------------------------------------------------------------------
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = self.config_cls.model_validate(user_config)
+        self._configure_batching(config)
         current = self._engine
         if current is not None and not self._needs_reload(current.config, config):
             current.apply_config(config)
             return
         # Load off the event loop so that the old engine keeps answering while the new one loads.
         self._install(await asyncio.to_thread(self.build_engine, config))
+
+    def _configure_batching(self, config: ServiceConfig) -> None:
+        """Apply the config's batch size and wait to every ``@serve.batch`` method, in place."""
+        batching = getattr(config, "batching", None)
+        if batching is None or not self.in_serve:
+            return
+        for name in self.batched_methods:
+            method = getattr(self, name)
+            method.set_max_batch_size(batching.max_batch_size)
+            method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     async def check_health(self) -> None:
         """Serve's periodic probe: the model must answer (each engine runs a tiny real inference)."""
@@ -86,12 +102,15 @@ class ModelReplica(Generic[ConfigT, EngineT]):
     async def run(self, fn: Callable[..., ResultT], *args: Any) -> ResultT:
         """Run a blocking engine call off the event loop, after any configured fault injection, and record
         its metrics."""
+        return await self.measure(getattr(fn, "__name__", "call"), args, lambda: asyncio.to_thread(fn, *args))
+
+    async def measure(self, method: str, args: tuple[Any, ...], work: Callable[[], Awaitable[ResultT]]) -> ResultT:
+        """Await ``work()`` (e.g. a dynamic batch) after fault injection, recording the request's metrics."""
         started = time.perf_counter()
-        method = getattr(fn, "__name__", "call")
         outcome = "error"
         try:
             await self.inject_faults()
-            result = await asyncio.to_thread(fn, *args)
+            result = await work()
             outcome = "ok"
             try:
                 self.observe(method, args, result, time.perf_counter() - started)
@@ -115,6 +134,17 @@ class ModelReplica(Generic[ConfigT, EngineT]):
             await asyncio.sleep(faults.delay_s)
         if faults.error_rate and random.random() < faults.error_rate:
             raise InjectedFault(f"injected fault in the {self.service} service (faults.error_rate)")
+
+    @functools.cached_property
+    def in_serve(self) -> bool:
+        """Inside a Serve replica (``@serve.batch`` needs one); plain unit tests call the engine directly."""
+        try:
+            from ray import serve
+
+            serve.get_replica_context()
+            return True
+        except Exception:
+            return False
 
     # --- shared methods -------------------------------------------------------------------------------
     @property

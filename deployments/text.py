@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 from ray import serve
 
 from deployments.common import (
+    BatchingConfig,
     ModelOutputError,
     Narrative,
     RequestError,
@@ -23,7 +25,7 @@ from deployments.common import (
     resolve_model_source,
     resolve_placement,
 )
-from deployments.replica import ModelReplica, iterate_in_thread
+from deployments.replica import ModelReplica
 from deployments.telemetry import telemetry
 
 MAX_PROMPT_CHARS = 32_000
@@ -62,6 +64,9 @@ class TextConfig(ServiceConfig):
         "Write a {length}, {style} article about: {topic}",
         max_length=4000,
         description="User message for articles; `{topic}`, `{style}` and `{length}` are filled in.",
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="Dynamic batching of generations, changeable in place."
     )
     article_tokens: dict[ArticleLength, int] = Field(
         default_factory=lambda: {"short": 128, "medium": 320, "long": 640},
@@ -257,30 +262,90 @@ class TextGenerator:
     def run(
         self, prepared: Prepared, emit: Callable[[str], None] | None = None, cancel: threading.Event | None = None
     ) -> TextResult:
-        """Generate; ``emit`` receives text deltas as tokens arrive; ``cancel`` stops generation early."""
+        """Generate one request; ``emit`` receives text deltas as tokens arrive; ``cancel`` stops it early."""
+        if cancel is not None:
+            prepared.cancel = cancel
+        on_piece = (lambda _row, piece: emit(piece)) if emit is not None else None
+        return self.run_batch([prepared], on_piece)[0]
+
+    def run_batch(
+        self,
+        batch: list[Prepared],
+        on_piece: Callable[[int, str], None] | None = None,
+        on_done: Callable[[int, TextResult], None] | None = None,
+    ) -> list[TextResult]:
+        """Generate a batch: requests with the same sampling settings run as one padded ``generate`` call.
+
+        Each row keeps its own ``max_tokens``, stop sequences and cancel flag (a finished row stops costing
+        compute while the others go on); a seeded request runs in its own group so its seed means the same
+        output whatever it is batched with. ``on_piece(row, text)`` streams deltas; ``on_done(row, result)``
+        fires as soon as a row is finished, so a short request need not wait for a long one.
+        """
+        results: list[TextResult | None] = [None] * len(batch)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for row, prepared in enumerate(batch):
+            groups.setdefault(prepared.group_key(), []).append(row)
+        for rows in groups.values():
+            group_results = self._run_group([batch[r] for r in rows], rows, on_piece, on_done)
+            for row, result in zip(rows, group_results, strict=True):
+                results[row] = result
+        return [r for r in results if r is not None]
+
+    def _run_group(
+        self,
+        group: list[Prepared],
+        rows: list[int],
+        on_piece: Callable[[int, str], None] | None,
+        on_done: Callable[[int, TextResult], None] | None,
+    ) -> list[TextResult]:
         import torch
 
-        watcher = _watcher_class()(self.tokenizer, prepared.stop, emit, cancel)
+        def result_of(n: int, stream: Any) -> TextResult:
+            text, finish = stream.finish()
+            return TextResult(
+                text=text,
+                finish_reason=finish,
+                prompt_tokens=group[n].prompt_tokens,
+                completion_tokens=stream.generated_tokens,
+                model=self.config.name,
+            )
+
+        streams = [
+            _RowStream(
+                self.tokenizer,
+                p.stop,
+                p.max_tokens,
+                p.cancel,
+                (lambda piece, row=row: on_piece(row, piece)) if on_piece is not None else None,
+            )
+            for p, row in zip(group, rows, strict=True)
+        ]
+        reported: dict[int, TextResult] = {}
+
+        def finished(n: int) -> None:
+            reported[n] = result_of(n, streams[n])
+            if on_done is not None:
+                on_done(rows[n], reported[n])
+
+        watcher = _watcher_class()(streams, finished)
+        inputs = _left_pad([p.encoded for p in group], self.tokenizer.pad_token_id)
+        first = group[0]
         with self._lock, torch.inference_mode():
-            if prepared.seed is not None:
-                torch.manual_seed(prepared.seed)
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
             self.model.generate(
-                **prepared.encoded,
-                max_new_tokens=prepared.max_tokens,
+                **{k: v.to(self.placement.device) for k, v in inputs.items()},
+                max_new_tokens=max(p.max_tokens for p in group),
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
                 streamer=watcher,
                 stopping_criteria=[watcher],
-                **prepared.sampling,
+                **first.sampling,
             )
-        text, finish = watcher.finish()
-        return TextResult(
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=prepared.prompt_tokens,
-            completion_tokens=watcher.generated_tokens,
-            model=self.config.name,
-        )
+        for n in range(len(group)):
+            if n not in reported:
+                finished(n)
+        return [reported[n] for n in range(len(group))]
 
     def generate(
         self,
@@ -318,7 +383,8 @@ class TextGenerator:
 
 @dataclass
 class Prepared:
-    """A validated, encoded request: everything ``run`` needs."""
+    """A validated, encoded request: everything ``run`` needs. ``cancel`` stops its row of a batch (set when
+    the caller goes away), so a client that disconnects stops costing compute."""
 
     encoded: dict[str, Any]
     prompt_tokens: int
@@ -326,6 +392,88 @@ class Prepared:
     sampling: dict[str, Any]
     stop: list[str]
     seed: int | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def group_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys can share one ``generate`` call (same sampling; a seed runs alone)."""
+        return (tuple(sorted(self.sampling.items())), None if self.seed is None else ("seeded", id(self)))
+
+
+def _left_pad(encoded: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Stack single-row encodings, padded on the left (decoder-only models continue from the right)."""
+    import torch
+
+    if len(encoded) == 1:
+        return encoded[0]
+    width = max(e["input_ids"].shape[1] for e in encoded)
+    ids, masks = [], []
+    for e in encoded:
+        pad = width - e["input_ids"].shape[1]
+        row = e["input_ids"][0]
+        mask = e.get("attention_mask", torch.ones_like(e["input_ids"]))[0]
+        ids.append(torch.cat([torch.full((pad,), pad_id, dtype=row.dtype), row.cpu()]))
+        masks.append(torch.cat([torch.zeros(pad, dtype=mask.dtype), mask.cpu()]))
+    return {"input_ids": torch.stack(ids), "attention_mask": torch.stack(masks)}
+
+
+class _RowStream:
+    """One request's text as its tokens arrive: decoding, stop sequences, its own token budget and cancel.
+
+    Stop sequences count in the generated text only (OpenAI semantics; transformers' own ``stop_strings``
+    also match across the prompt's tail). Text that could begin a stop sequence, or a character whose
+    UTF-8 bytes are still incomplete, is held back until it is certain.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        stops: list[str],
+        max_tokens: int,
+        cancel: threading.Event | None,
+        emit: Callable[[str], None] | None,
+    ) -> None:
+        self.tokenizer, self.stops, self.max_tokens, self.cancel, self.emit = tokenizer, stops, max_tokens, cancel, emit
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.stop_at: int | None = None
+        self.hit_eos = False
+        self.hold = max((len(s) for s in stops), default=1) - 1
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.ids) + int(self.hit_eos)
+
+    @property
+    def done(self) -> bool:
+        cancelled = self.cancel is not None and self.cancel.is_set()
+        return self.stop_at is not None or self.hit_eos or cancelled or len(self.ids) >= self.max_tokens
+
+    def push(self, token: int) -> None:
+        if self.done:  # a finished row of a batch keeps receiving padding
+            return
+        if token == self.tokenizer.eos_token_id:
+            self.hit_eos = True
+            return
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i != -1]
+        if hits:
+            self.stop_at = min(hits)
+            self._send(self.stop_at)
+        else:
+            self._send(len(self.text.rstrip("\ufffd")) - self.hold)
+
+    def _send(self, upto: int) -> None:
+        if upto > self.sent:
+            piece, self.sent = self.text[self.sent : upto], upto
+            if self.emit is not None:
+                self.emit(piece)
+
+    def finish(self) -> tuple[str, Literal["stop", "length"]]:
+        end = self.stop_at if self.stop_at is not None else len(self.text)
+        self._send(end)
+        return self.text[:end], "stop" if (self.stop_at is not None or self.hit_eos) else "length"
 
 
 @functools.cache
@@ -335,71 +483,33 @@ def _watcher_class() -> type:
     from transformers.generation.streamers import BaseStreamer
 
     class GenerationWatcher(BaseStreamer, StoppingCriteria):
-        """Streams decoded text and stops generation at a stop sequence or on cancel.
+        """Feeds each generated token to its row's ``_RowStream`` and tells ``generate`` which rows are done
+        (stop sequence, own token budget, cancel), reporting each row once as it finishes."""
 
-        Stop sequences count in the generated text only (OpenAI semantics; transformers' own ``stop_strings``
-        also match across the prompt's tail). Text that could begin a stop sequence, or a character whose
-        UTF-8 bytes are still incomplete, is held back until it is certain.
-        """
-
-        def __init__(
-            self,
-            tokenizer: Any,
-            stops: list[str],
-            emit: Callable[[str], None] | None,
-            cancel: threading.Event | None,
-        ) -> None:
-            self.tokenizer, self.stops, self.emit, self.cancel = tokenizer, stops, emit, cancel
-            self.ids: list[int] = []
-            self.text = ""
-            self.sent = 0
-            self.stop_at: int | None = None
-            self.hit_eos = False
+        def __init__(self, rows: list[_RowStream], finished: Callable[[int], None]) -> None:
+            self.rows, self.finished = rows, finished
+            self.reported: set[int] = set()
             self.prompt_seen = False
-            self.hold = max((len(s) for s in stops), default=1) - 1
-
-        @property
-        def generated_tokens(self) -> int:
-            return len(self.ids) + int(self.hit_eos)
 
         def put(self, value: Any) -> None:
             if not self.prompt_seen:  # generate() hands over the prompt first
                 self.prompt_seen = True
                 return
-            for token in value.reshape(-1).tolist():
-                if self.stop_at is not None or self.hit_eos:
-                    return
-                if token == self.tokenizer.eos_token_id:
-                    self.hit_eos = True
-                    return
-                self.ids.append(token)
-            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-            hits = [i for i in (self.text.find(s) for s in self.stops) if i != -1]
-            if hits:
-                self.stop_at = min(hits)
-                self._send(self.stop_at)
-            else:
-                self._send(len(self.text.rstrip("\ufffd")) - self.hold)
+            for row, token in zip(self.rows, value.reshape(len(self.rows), -1)[:, -1].tolist(), strict=True):
+                row.push(token)
 
         def end(self) -> None:
-            """Called by generate() when it is done; ``finish`` flushes what was held back."""
-
-        def _send(self, upto: int) -> None:
-            if upto > self.sent:
-                piece, self.sent = self.text[self.sent : upto], upto
-                if self.emit is not None:
-                    self.emit(piece)
+            """Called by generate() when it is done; the engine reports rows not reported yet."""
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             import torch
 
-            done = self.stop_at is not None or (self.cancel is not None and self.cancel.is_set())
-            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-        def finish(self) -> tuple[str, Literal["stop", "length"]]:
-            end = self.stop_at if self.stop_at is not None else len(self.text)
-            self._send(end)
-            return self.text[:end], "stop" if (self.stop_at is not None or self.hit_eos) else "length"
+            done = [row.done for row in self.rows]
+            for n, is_done in enumerate(done):
+                if is_done and n not in self.reported:
+                    self.reported.add(n)
+                    self.finished(n)
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return GenerationWatcher
 
@@ -407,9 +517,12 @@ def _watcher_class() -> type:
 # --- Serve deployment -------------------------------------------------------------------------------------
 @serve.deployment(name="text")
 class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
+    """Every generation goes through dynamic batching (``config.batching``); streams are batched too."""
+
     service: ClassVar[str] = "text"
     config_cls = TextConfig
     reload_fields = frozenset({"model", "device", "dtype", "revision", "trust_remote_code"})
+    batched_methods = ("_generate_batch", "_stream_batch")
 
     def build_engine(self, config: TextConfig) -> TextGenerator:
         return TextGenerator(config)
@@ -421,8 +534,72 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
                 "content_studio_tokens_per_second", result.completion_tokens / seconds, model=result.model
             )
 
+    # --- batches ------------------------------------------------------------------------------------------
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, batch: list[Prepared]) -> list[TextResult]:
+        telemetry.observe("content_studio_batch_size", len(batch), service=self.service)
+        return await asyncio.to_thread(self.engine.run_batch, batch)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _stream_batch(self, batch: list[Prepared]) -> AsyncIterator[list[Any]]:
+        telemetry.observe("content_studio_batch_size", len(batch), service=self.service)
+        async for step in self._stream_steps(batch):
+            yield step
+
+    async def _stream_steps(self, batch: list[Prepared]) -> AsyncIterator[list[Any]]:
+        """Each step has one item per request: a text delta, its result when it is done, then StopIteration;
+        ``""`` means "nothing new for this request in this step" (the shape ``@serve.batch`` streams in)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, str | TextResult] | None] = asyncio.Queue()
+
+        def put(row: int, item: str | TextResult) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (row, item))
+
+        work = asyncio.ensure_future(asyncio.to_thread(self.engine.run_batch, batch, put, put))
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        finished = [False] * len(batch)
+        try:
+            while (event := await queue.get()) is not None:
+                row, item = event
+                step: list[Any] = [StopIteration if done else "" for done in finished]
+                step[row] = item
+                yield step
+                finished[row] = finished[row] or isinstance(item, TextResult)
+            work.result()  # raises the batch's error, if any
+        finally:
+            if not work.done():  # nobody listens any more: stop every row
+                for prepared in batch:
+                    prepared.cancel.set()
+
+    async def _one(self, prepared: Prepared) -> TextResult:
+        try:
+            if not self.in_serve:
+                return (await asyncio.to_thread(self.engine.run_batch, [prepared]))[0]
+            return await self._generate_batch(prepared)
+        finally:
+            prepared.cancel.set()  # the caller gave up (timeout, disconnect): free its batch row
+
+    async def _stream(self, prepared: Prepared) -> AsyncIterator[str | TextResult]:
+        try:
+            if self.in_serve:
+                async for item in self._stream_batch(prepared):
+                    if item != "":
+                        yield item
+            else:
+                async for (item,) in self._stream_steps([prepared]):
+                    if item is StopIteration:
+                        break
+                    if item != "":
+                        yield item
+        finally:
+            prepared.cancel.set()
+
+    # --- methods ------------------------------------------------------------------------------------------
     async def generate(self, request: TextRequest) -> TextResult:
-        return await self.run(self.engine.generate, request)
+        async def work() -> TextResult:
+            return await self._one(await asyncio.to_thread(self.engine.prepare, request))
+
+        return await self.measure("generate", (request,), work)
 
     async def generate_stream(self, request: TextRequest) -> AsyncIterator[StreamStart | str | TextResult]:
         """A ``StreamStart`` once the request is accepted (a bad request fails before anything streams), then
@@ -432,19 +609,26 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
         prepared = engine.prepare(request)
         yield StreamStart(model=engine.config.name, prompt_tokens=prepared.prompt_tokens)
         started = time.perf_counter()
-        async for item in iterate_in_thread(lambda emit, cancel: engine.run(prepared, emit, cancel)):
+        async for item in self._stream(prepared):
             if isinstance(item, TextResult):
                 self.observe("generate_stream", (request,), item, time.perf_counter() - started)
             yield item
 
     async def write_article(self, request: ArticleRequest) -> Article:
-        return await self.run(self.engine.write_article, request)
+        async def work() -> Article:
+            engine = self.engine
+            prepared = await asyncio.to_thread(engine.prepare, engine.article_request(request))
+            return Article.parse(await self._one(prepared), request.topic)
+
+        return await self.measure("write_article", (request,), work)
 
     async def write_article_stream(self, request: ArticleRequest) -> AsyncIterator[str | Article]:
         await self.inject_faults()
         engine = self.engine
+        prepared = engine.prepare(engine.article_request(request))
         started = time.perf_counter()
-        async for item in iterate_in_thread(lambda emit, cancel: engine.write_article(request, emit, cancel)):
-            if isinstance(item, Article):
+        async for item in self._stream(prepared):
+            if isinstance(item, TextResult):
+                item = Article.parse(item, request.topic)
                 self.observe("write_article_stream", (request,), item, time.perf_counter() - started)
             yield item

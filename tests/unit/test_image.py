@@ -93,3 +93,24 @@ def test_schema_rejects_bad_fields(fields, field) -> None:
     with pytest.raises(ValidationError) as err:
         ImageRequest(**fields)
     assert err.value.errors()[0]["loc"][0] == field
+
+
+def test_a_batch_renders_each_job_as_if_it_ran_alone(generator: ImageGenerator) -> None:
+    import numpy as np
+
+    requests = [
+        ImageRequest(prompt="a red boat", seed=42),
+        ImageRequest(prompt="a lighthouse", seed=7, n=2),
+        ImageRequest(prompt="a wide field", seed=3, width=128),  # another size: its own pipeline call
+    ]
+    solo = [generator.generate(r) for r in requests]
+    batched = generator.render([generator.prepare(r) for r in requests])
+    assert [len(r.images) for r in batched] == [1, 2, 1]
+    for alone, together in zip(solo, batched, strict=True):
+        assert (together.seed, together.width) == (alone.seed, alone.width)
+        for a, b in zip(alone.images, together.images, strict=True):
+            pixels = [np.asarray(Image.open(io.BytesIO(x)), dtype=int) for x in (a, b)]
+            assert np.abs(pixels[0] - pixels[1]).max() <= 2  # the same picture (batched math may round apart)
+    # image i of a job seeded s is the image of seed s + i
+    second = generator.generate(ImageRequest(prompt="a lighthouse", seed=8))
+    assert second.images[0] == solo[1].images[1]

@@ -168,3 +168,43 @@ def test_cancel_stops_generation_early(generator: TextGenerator) -> None:
         TextRequest(prompt="Long story", max_tokens=60, min_tokens=60, seed=1), lambda _: cancel.set(), cancel
     )
     assert result.completion_tokens < 10  # a client that goes away stops the model, not only the stream
+
+
+def test_a_batch_answers_each_request_as_if_it_ran_alone(generator: TextGenerator) -> None:
+    """Different prompts, lengths, stops and sampling in one batch: greedy rows match their solo runs."""
+    requests = [
+        TextRequest(prompt="The lighthouse keeper", max_tokens=12, temperature=0),
+        TextRequest(prompt="Rain", max_tokens=4, temperature=0),  # shorter prompt (left-padded), shorter budget
+        TextRequest(prompt="Breaking news from the harbour today", max_tokens=8, temperature=0, stop=["e"]),
+        TextRequest(prompt="A seeded one", max_tokens=6, temperature=1.0, seed=11),  # own group
+        TextRequest(prompt="Sampled", max_tokens=5, temperature=0.9),  # another sampling group
+    ]
+    solo = [generator.generate(r) for r in requests]
+    pieces: dict[int, str] = {}
+    done: dict[int, TextResult] = {}
+    batch = [generator.prepare(r) for r in requests]
+    results = generator.run_batch(
+        batch,
+        on_piece=lambda row, piece: pieces.__setitem__(row, pieces.get(row, "") + piece),
+        on_done=lambda row, result: done.__setitem__(row, result),
+    )
+    assert [r.completion_tokens <= q.max_tokens for r, q in zip(results, requests, strict=True)] == [True] * 5
+    for row in (0, 1, 2, 3):  # greedy rows, and the seeded row, equal their solo runs
+        assert results[row].text == solo[row].text, row
+        assert results[row].finish_reason == solo[row].finish_reason
+    assert done == dict(enumerate(results))  # every row reported once, as it finished
+    assert all(pieces.get(row, "") == result.text for row, result in enumerate(results))
+    assert "e" not in results[2].text
+
+
+def test_a_cancelled_row_stops_while_the_rest_of_its_batch_goes_on(generator: TextGenerator) -> None:
+    keep = generator.prepare(TextRequest(prompt="Go on", max_tokens=30, min_tokens=30, temperature=0))
+    drop = generator.prepare(TextRequest(prompt="Stop me", max_tokens=30, min_tokens=30, temperature=0))
+
+    def on_piece(row: int, piece: str) -> None:
+        if row == 1:
+            drop.cancel.set()  # as when its client disconnects
+
+    kept, dropped = generator.run_batch([keep, drop], on_piece=on_piece)
+    assert kept.completion_tokens == 30
+    assert dropped.completion_tokens < 5
