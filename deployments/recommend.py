@@ -283,6 +283,19 @@ class InteractionStore:
             rows = conn.execute(sa.select(t.c.item_id, sa.func.sum(t.c.weight)).group_by(t.c.item_id))
             return {item: float(weight) for item, weight in rows}
 
+    def event_counts(self, item_ids: list[str]) -> dict[str, int]:
+        """How many events each of these items received."""
+        import sqlalchemy as sa
+
+        t = self.interactions
+        counts: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(item_ids), 500):  # keep IN lists small
+                chunk = item_ids[start : start + 500]
+                query = sa.select(t.c.item_id, sa.func.count()).where(t.c.item_id.in_(chunk)).group_by(t.c.item_id)
+                counts.update({item: int(n) for item, n in conn.execute(query)})
+        return counts
+
     def last_event_id(self) -> int:
         import sqlalchemy as sa
 
@@ -690,6 +703,9 @@ class RecommendDeployment(ModelReplica[RecommendConfig, Recommender]):
 
     async def add_items(self, items: list[ItemIn]) -> int:
         return await self.run(self.engine.add_items, items)
+
+    async def interaction_counts(self, item_ids: list[str]) -> dict[str, int]:
+        return await self.run(self.engine.store.event_counts, item_ids)
 
     async def retrain(self) -> RetrainReport:
         """Retrain now on this replica; the others pick the new version up within ``refresh_s``."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path as FilePath
 from typing import Annotated, Any, ClassVar
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import Field
@@ -33,10 +33,20 @@ from deployments.recommend import (
     RetrainReport,
     SimilarRequest,
 )
+from deployments.telemetry import telemetry
 from graphs.access import AccessConfig, AccessMiddleware, AccessPolicy, BodyTooLarge
 from graphs.calls import CallError, call_service
 from graphs.errors import CallFailure, classify
-from graphs.pipeline import ContentPage, ContentRecord, ContentRequest, PipelineFailed
+from graphs.experiments import (
+    Assignment,
+    ExperimentConfig,
+    ExperimentList,
+    ExperimentRouter,
+    ExperimentStats,
+    report,
+    validate_experiments,
+)
+from graphs.pipeline import STAGE_OF, ContentPage, ContentRecord, ContentRequest, PipelineFailed
 from graphs.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -55,6 +65,11 @@ from graphs.storage import CONTENT_ID
 
 logger = logging.getLogger("content_studio.ingress")
 SERVICES = ("text", "image", "voice", "recommend")
+VARIANT_HEADER = "X-Model-Variant"
+UserHeader = Annotated[
+    str | None,
+    Header(alias="X-User-ID", max_length=256, description="End-user id for sticky experiment assignment."),
+]
 
 
 class ServiceTimeouts(StrictModel):
@@ -79,6 +94,10 @@ class IngressConfig(StrictModel):
         1, ge=0, le=5, description="Times a request lost with a dying replica is sent again (no-effect calls only)."
     )
     access: AccessConfig = Field(default_factory=AccessConfig, description="API keys, CORS, body size limit.")
+    experiments: dict[str, ExperimentConfig] = Field(
+        default_factory=dict,
+        description="A/B experiments by name: variants (deployments) of one service and their traffic weights.",
+    )
 
 
 class InteractionBatch(StrictModel):
@@ -222,6 +241,7 @@ class Ingress:
         recommend: DeploymentHandle,
         pipeline: DeploymentHandle,
         config: dict[str, Any] | None = None,
+        variants: dict[str, DeploymentHandle] | None = None,
     ) -> None:
         self.handles: dict[str, DeploymentHandle] = {
             "text": text,
@@ -229,21 +249,33 @@ class Ingress:
             "voice": voice,
             "recommend": recommend,
             "pipeline": pipeline,
+            **(variants or {}),  # experiment variants: extra deployments of a service, by deployment name
         }
+        self.variant_deployments = tuple(variants or {})
+        self.stats = ExperimentStats()
         self.reconfigure(config or {})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.config = IngressConfig.model_validate(user_config or {})
-        _ACCESS[0] = AccessPolicy.from_config(self.config.access)
+        config = IngressConfig.model_validate(user_config or {})
+        validate_experiments(config.experiments, set(self.handles) - {"recommend", "pipeline"})
+        self.config = config
+        self.router = ExperimentRouter(config.experiments)
+        _ACCESS[0] = AccessPolicy.from_config(config.access)
 
     # --- calling services ---------------------------------------------------------------------------------
     async def call(
-        self, service: str, method: str, *args: Any, timeout: float | None = None, idempotent: bool = True
+        self,
+        service: str,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = True,
+        deployment: str | None = None,
     ) -> Any:
-        """Call one service method with its timeout (retrying lost requests if it has no effects), mapping
-        failures to HTTP errors."""
+        """Call one service method (on ``deployment``, an experiment variant, when given) with the service's
+        timeout, retrying lost requests if it has no effects, mapping failures to HTTP errors."""
         limit = timeout if timeout is not None else getattr(self.config.timeouts_s, service)
-        handle = getattr(self.handles[service], method)
+        handle = getattr(self.handles[deployment or service], method)
         retries = self.config.retries if idempotent else 0
         try:
             return await call_service(lambda: handle.remote(*args), service, limit, retries)
@@ -259,6 +291,50 @@ class Ingress:
         if failure.status_code == 503:
             error.headers["Retry-After"] = str(self.config.retry_after_s)
         return error
+
+    def route(self, service: str, request: Any, user_id: str | None) -> tuple[Any, Assignment | None]:
+        """The experiment variant for a request, and the request as that variant's deployment takes it."""
+        assignment = self.router.assign(service, user_id, getattr(request, "model", None))
+        if assignment is not None:
+            request = request.model_copy(update={"model": None})  # the variant serves its own model
+        return request, assignment
+
+    def count(self, assignment: Assignment | None, seconds: float, ok: bool) -> None:
+        if assignment is None:
+            return
+        self.stats.record(assignment, seconds, ok)
+        outcome = "ok" if ok else "error"
+        telemetry.count("content_studio_experiment_requests", outcome=outcome, **assignment.tag())
+        telemetry.observe("content_studio_experiment_request_seconds", seconds, **assignment.tag())
+
+    async def call_routed(
+        self, service: str, method: str, request: Any, user_id: str | None, response: Response | None
+    ) -> tuple[Any, Assignment | None]:
+        """``call`` through the service's experiment (if any); counts the variant's requests, errors, latency."""
+        request, assignment = self.route(service, request, user_id)
+        started, ok = time.perf_counter(), False
+        try:
+            result = await self.call(service, method, request, deployment=assignment and assignment.deployment)
+            ok = True
+        except ApiError as exc:
+            ok = exc.status_code < 500  # the caller's mistake is no mark against the variant
+            raise
+        finally:
+            self.count(assignment, time.perf_counter() - started, ok)
+        if assignment is not None and response is not None:
+            response.headers[VARIANT_HEADER] = assignment.variant
+        return result, assignment
+
+    @app.get("/v1/experiments", response_model=ExperimentList)
+    async def experiments(self) -> ExperimentList:
+        """Each experiment's variants, weights, requests, errors and latency percentiles (counted by this
+        ingress replica; Prometheus has the fleet-wide series), and the content made by each variant with the
+        interactions it received."""
+        try:
+            engagement = await self.call("pipeline", "experiment_engagement")
+        except ApiError:  # engagement is a bonus: the request counts are here
+            engagement = {}
+        return report(self.config.experiments, self.stats.snapshot(), engagement, self.stats.since)
 
     # --- OpenAI-compatible routes ---------------------------------------------------------------------------
     @app.get("/v1/models", response_model=ModelList)
@@ -276,54 +352,66 @@ class Ingress:
         response_model=CompletionResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def completions(self, body: CompletionRequest) -> Any:
+    async def completions(self, body: CompletionRequest, response: Response, user: UserHeader = None) -> Any:
         if body.stream:
-            return await self._stream_text(body, chat=False)
-        result = await self.call("text", "generate", body.to_service())
-        return CompletionResponse.of(result)
+            return await self._stream_text(body, chat=False, user_id=body.user or user)
+        result, assignment = await self.call_routed("text", "generate", body.to_service(), body.user or user, response)
+        return CompletionResponse.of(result).model_copy(update={"variant": assignment and assignment.variant})
 
     @app.post(
         "/v1/chat/completions",
         response_model=ChatCompletionResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+    async def chat_completions(self, body: ChatCompletionRequest, response: Response, user: UserHeader = None) -> Any:
         if body.stream:
-            return await self._stream_text(body, chat=True)
-        result = await self.call("text", "generate", body.to_service())
-        return ChatCompletionResponse.of(result)
+            return await self._stream_text(body, chat=True, user_id=body.user or user)
+        result, assignment = await self.call_routed("text", "generate", body.to_service(), body.user or user, response)
+        return ChatCompletionResponse.of(result).model_copy(update={"variant": assignment and assignment.variant})
 
-    async def _stream_text(self, body: CompletionRequest | ChatCompletionRequest, chat: bool) -> StreamingResponse:
+    async def _stream_text(
+        self, body: CompletionRequest | ChatCompletionRequest, chat: bool, user_id: str | None
+    ) -> StreamingResponse:
         """OpenAI-format SSE. The first item is awaited before answering, so a request the model rejects gets
         its 4xx (not a 200 with an error inside); a client that goes away closes the stream, which stops
         generation in the text replica."""
         limit = self.config.timeouts_s.text
-        stream = self.handles["text"].options(stream=True).generate_stream.remote(body.to_service())
+        request, assignment = self.route("text", body.to_service(), user_id)
+        handle = self.handles[assignment.deployment if assignment else "text"]
+        stream = handle.options(stream=True).generate_stream.remote(request)
+        started = time.perf_counter()
         try:
             start = await asyncio.wait_for(stream.__anext__(), timeout=limit)
         except Exception as exc:
             stream.cancel()
-            raise self._api_error(classify(exc, "text", limit)) from None
+            error = self._api_error(classify(exc, "text", limit))
+            self.count(assignment, time.perf_counter() - started, error.status_code < 500)
+            raise error from None
+        self.count(assignment, time.perf_counter() - started, True)  # streams count by time to first item
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _openai_sse(stream, start.model, chat, include_usage, limit)
-        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        headers = {**_SSE_HEADERS, **({VARIANT_HEADER: assignment.variant} if assignment else {})}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/images/generations", response_model=ImageGenerationResponse)
-    async def images(self, body: ImageGenerationRequest) -> ImageGenerationResponse:
-        result = await self.call("image", "generate", body.to_service())
-        return ImageGenerationResponse.of(result)
+    async def images(
+        self, body: ImageGenerationRequest, response: Response, user: UserHeader = None
+    ) -> ImageGenerationResponse:
+        result, assignment = await self.call_routed("image", "generate", body.to_service(), body.user or user, response)
+        return ImageGenerationResponse.of(result).model_copy(update={"variant": assignment and assignment.variant})
 
     @app.post(
         "/v1/audio/speech",
         response_class=Response,
         responses={200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/pcm": {}}}},
     )
-    async def speech(self, body: SpeechRequest) -> Response:
-        result = await self.call("voice", "synthesize", body.to_service())
+    async def speech(self, body: SpeechRequest, user: UserHeader = None) -> Response:
+        result, assignment = await self.call_routed("voice", "synthesize", body.to_service(), body.user or user, None)
         headers = {
             "X-Audio-Sample-Rate": str(result.sample_rate),
             "X-Audio-Duration-S": str(result.duration_s),
             "X-Model": result.model,
+            **({VARIANT_HEADER: assignment.variant} if assignment else {}),
         }
         return Response(content=result.audio, media_type=result.media_type, headers=headers)
 
@@ -367,20 +455,36 @@ class Ingress:
         response_model=ContentRecord,
         responses={200: {"content": {"text/event-stream": {}}}, 502: {"model": ContentRecord}},
     )
-    async def create_content(self, body: ContentRequest) -> Any:
+    async def create_content(self, body: ContentRequest, user: UserHeader = None) -> Any:
+        # Each media stage runs on its experiment's variant for this user (sticky by user id).
+        user_id = body.user_id or user
+        routes: dict[str, Assignment] = {}
+        for service in ("text", "image", "voice"):
+            assignment = self.router.assign(service, user_id, None)
+            if assignment is not None:
+                routes[service] = assignment
         if body.stream:
-            stream = self.handles["pipeline"].options(stream=True).create_stream.remote(body)
+            stream = self.handles["pipeline"].options(stream=True).create_stream.remote(body, routes)
             return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=_SSE_HEADERS)
         try:
-            return await self.call("pipeline", "create", body, idempotent=False)
+            record = await self.call("pipeline", "create", body, routes, idempotent=False)
         except ApiError as exc:
             if isinstance(exc.original, PipelineFailed):  # no article: answer with the failed record
+                self._count_stages(routes, exc.original.record)
                 content = {
                     **exc.original.record.model_dump(mode="json"),
                     **error_body(exc.message, exc.param, exc.kind),
                 }
                 return JSONResponse(status_code=exc.status_code, content=content, headers=exc.headers)
             raise
+        self._count_stages(routes, record)
+        return record
+
+    def _count_stages(self, routes: dict[str, Assignment], record: ContentRecord) -> None:
+        for service, assignment in routes.items():
+            stage = STAGE_OF[service]
+            if stage in record.timings_ms:
+                self.count(assignment, record.timings_ms[stage] / 1000, stage not in record.errors)
 
     @app.get("/v1/content", response_model=ContentPage)
     async def list_content(
@@ -419,8 +523,9 @@ class Ingress:
             except ApiError as exc:
                 return {"service": name, "status": "unavailable", "error": exc.message}
 
-        results = await asyncio.gather(*(one(name) for name in self.services))
-        return dict(zip(self.services, results, strict=True))
+        names = (*self.services, *self.variant_deployments)
+        results = await asyncio.gather(*(one(name) for name in names))
+        return dict(zip(names, results, strict=True))
 
     @app.get("/v1/health")
     async def health(self) -> JSONResponse:

@@ -34,6 +34,7 @@ from deployments.text import Article, ArticleLength, ArticleRequest
 from deployments.voice import VoiceOptions, VoiceResult
 from graphs.calls import CallError, call_service
 from graphs.errors import CallFailure, classify
+from graphs.experiments import Assignment
 from graphs.storage import CONTENT_ID, AssetStore, ContentCatalog, asset_key, new_content_id
 
 logger = logging.getLogger("content_studio.pipeline")
@@ -96,6 +97,16 @@ class ArticleOut(StrictModel):
     body: str
 
 
+class VariantTag(StrictModel):
+    experiment: str
+    variant: str
+
+
+Routes = dict[str, Assignment]  # service -> the experiment variant its stage runs on
+STAGE_SERVICES = ("text", "image", "voice")
+STAGE_OF = {"text": "article", "image": "image", "voice": "audio"}
+
+
 class ContentRecord(StrictModel):
     id: str
     status: Literal["complete", "partial", "failed"]
@@ -112,6 +123,9 @@ class ContentRecord(StrictModel):
     errors: dict[str, str] = Field(default_factory=dict)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)
+    variants: dict[str, VariantTag] = Field(
+        default_factory=dict, description="Experiment variant of each stage (article, image, audio) that ran one."
+    )
     created_at: float
 
 
@@ -151,8 +165,16 @@ class ContentPipeline:
         voice: DeploymentHandle,
         recommend: DeploymentHandle,
         config: dict[str, Any] | None = None,
+        variants: dict[str, DeploymentHandle] | None = None,
     ) -> None:
         self.text, self.image, self.voice, self.recommend = text, image, voice, recommend
+        # Experiment variants: more deployments of a service, by deployment name (the ingress picks per request).
+        self.deployments: dict[str, DeploymentHandle] = {
+            "text": text,
+            "image": image,
+            "voice": voice,
+            **(variants or {}),
+        }
         self.config = PipelineConfig.model_validate(config or {})
         self._catalog: ContentCatalog | None = None  # opened by reconfigure, or on first use
         self._assets: AssetStore | None = None
@@ -182,9 +204,10 @@ class ContentPipeline:
             return self._assets
 
     # --- creating -----------------------------------------------------------------------------------------
-    async def create(self, request: ContentRequest) -> ContentRecord:
-        """Make one piece of content; raises ``PipelineFailed`` when there is no article."""
-        return await self._run(request, _no_events)
+    async def create(self, request: ContentRequest, routes: Routes | None = None) -> ContentRecord:
+        """Make one piece of content; raises ``PipelineFailed`` when there is no article. ``routes`` names the
+        experiment variant (deployment) each service's stage runs on."""
+        return await self._run(request, _no_events, routes or {})
 
     @staticmethod
     def _observe(record: ContentRecord) -> None:
@@ -194,7 +217,9 @@ class ContentPipeline:
         for stage in record.errors:
             telemetry.count("content_studio_pipeline_stage_errors", stage=stage)
 
-    async def create_stream(self, request: ContentRequest) -> AsyncIterator[dict[str, Any]]:
+    async def create_stream(
+        self, request: ContentRequest, routes: Routes | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """The same as ``create``, as events: ``started``, ``token``s, ``article``, one per finished stage,
         then ``complete`` (or ``failed``) with the whole record."""
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -204,7 +229,7 @@ class ContentPipeline:
 
         async def run() -> None:
             try:
-                record = await self._run(request, emit)
+                record = await self._run(request, emit, routes or {})
                 await emit("complete", record.model_dump(mode="json"))
             except PipelineFailed as exc:
                 await emit("failed", {**exc.record.model_dump(mode="json"), "error": exc.failure.message})
@@ -222,17 +247,18 @@ class ContentPipeline:
             if not task.done():  # the client went away: stop making content for nobody
                 task.cancel()
 
-    async def _run(self, request: ContentRequest, emit: Emit) -> ContentRecord:
+    async def _run(self, request: ContentRequest, emit: Emit, routes: Routes) -> ContentRecord:
         try:
-            record = await self._make(request, emit)
+            record = await self._make(request, emit, routes)
         except PipelineFailed as exc:
             self._observe(exc.record)
             raise
         self._observe(record)
         return record
 
-    async def _make(self, request: ContentRequest, emit: Emit) -> ContentRecord:
+    async def _make(self, request: ContentRequest, emit: Emit, routes: Routes) -> ContentRecord:
         cfg = self.config
+        text, image, voice = (self.deployments[routes[s].deployment if s in routes else s] for s in STAGE_SERVICES)
         started = time.perf_counter()
         content_id = new_content_id()
         record = ContentRecord(
@@ -242,6 +268,7 @@ class ContentPipeline:
             user_id=request.user_id,
             style=request.style,
             length=request.length,
+            variants={STAGE_OF[service]: VariantTag(**a.tag()) for service, a in routes.items()},
             created_at=time.time(),
         )
         await emit("started", {"id": content_id})
@@ -265,14 +292,14 @@ class ContentPipeline:
         def start_article() -> Any:
             for call in chained.values():
                 call.cancel()
-            article_call = self.text.write_article.remote(article_request)
-            chained["image"] = self.image.illustrate.remote(article_call, image_options, request.style)
-            chained["audio"] = self.voice.narrate.remote(article_call, voice_options)
+            article_call = text.write_article.remote(article_request)
+            chained["image"] = image.illustrate.remote(article_call, image_options, request.style)
+            chained["audio"] = voice.narrate.remote(article_call, voice_options)
             return article_call
 
         try:
             if request.stream:
-                article = await self._stream_article(article_request, emit)
+                article = await self._stream_article(text, article_request, emit)
             else:
                 article = await call_service(start_article, "text", cfg.timeouts_s.article, cfg.retries)
         except Exception as exc:
@@ -291,8 +318,8 @@ class ContentPipeline:
         # A retry (after a replica died) sends the article itself rather than the spent response.
         media_started = time.perf_counter()
         fresh = {
-            "image": lambda: self.image.illustrate.remote(article, image_options, request.style),
-            "audio": lambda: self.voice.narrate.remote(article, voice_options),
+            "image": lambda: image.illustrate.remote(article, image_options, request.style),
+            "audio": lambda: voice.narrate.remote(article, voice_options),
             "recommendations": lambda: self.recommend.recommend.remote(recommend_request),
         }
         first = {**chained, "recommendations": recommendations}
@@ -355,8 +382,8 @@ class ContentPipeline:
         await asyncio.to_thread(self.catalog.update, record.model_dump(mode="json"))  # GET answers what POST did
         return record
 
-    async def _stream_article(self, request: ArticleRequest, emit: Emit) -> Article:
-        stream = self.text.options(stream=True).write_article_stream.remote(request)
+    async def _stream_article(self, text: DeploymentHandle, request: ArticleRequest, emit: Emit) -> Article:
+        stream = text.options(stream=True).write_article_stream.remote(request)
         article: Article | None = None
         try:
             async with asyncio.timeout(self.config.timeouts_s.article):
@@ -408,6 +435,18 @@ def _ms(since: float) -> float:
 @serve.deployment(name="pipeline")
 class PipelineDeployment(ContentPipeline):
     """The pipeline as a deployment; reads go to a thread so the event loop keeps serving."""
+
+    async def experiment_engagement(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per experiment variant: stored content it made, and interactions with that content."""
+        made = await asyncio.to_thread(self.catalog.variant_contents)
+        ids = sorted({content_id for _, _, content_id in made})
+        counts: dict[str, int] = await self.recommend.interaction_counts.remote(ids) if ids else {}
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for experiment, variant, content_id in made:
+            entry = out.setdefault(experiment, {}).setdefault(variant, {"contents": 0, "interactions": 0})
+            entry["contents"] += 1
+            entry["interactions"] += counts.get(content_id, 0)
+        return out
 
     async def get_record(self, content_id: str) -> ContentRecord | None:
         return await asyncio.to_thread(self.get, content_id)

@@ -43,7 +43,7 @@ class _SamplingFields(StrictModel):
     stop: str | list[str] | None = Field(None, description="Up to 4 stop sequences.")
     stream: bool = Field(False, description="Answer with server-sent events, OpenAI's chunk format, then [DONE].")
     stream_options: StreamOptions | None = Field(None, description="`include_usage`: a last chunk with usage.")
-    user: str | None = Field(None, max_length=256, description="Caller's end-user id (accepted, unused).")
+    user: str | None = Field(None, max_length=256, description="End-user id: sticky experiment assignment.")
 
     @field_validator("stop")
     @classmethod
@@ -151,6 +151,7 @@ class CompletionResponse(StrictModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
+    variant: str | None = Field(None, description="Experiment variant that answered (also `X-Model-Variant`).")
 
     @classmethod
     def of(cls, result: TextResult) -> CompletionResponse:
@@ -182,6 +183,7 @@ class ChatCompletionResponse(StrictModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    variant: str | None = Field(None, description="Experiment variant that answered (also `X-Model-Variant`).")
 
     @classmethod
     def of(cls, result: TextResult) -> ChatCompletionResponse:
@@ -259,6 +261,7 @@ class ImageGenerationResponse(StrictModel):
     model: str
     seed: int
     size: str
+    variant: str | None = Field(None, description="Experiment variant that answered (also `X-Model-Variant`).")
 
     @classmethod
     def of(cls, result: ImageResult) -> ImageGenerationResponse:
@@ -281,6 +284,7 @@ class SpeechRequest(StrictModel):
     response_format: AudioFormat = Field("wav", description="wav (default here), flac, or raw 16-bit pcm.")
     speed: float = Field(1.0, ge=1.0, le=1.0, description="Only 1.0 is supported.")
     seed: int | None = Seed
+    user: str | None = Field(None, max_length=256, description="End-user id: sticky experiment assignment.")
 
     @field_validator("input")
     @classmethod

@@ -93,6 +93,14 @@ class ContentCatalog:
             sa.Column("user_id", sa.String(128), nullable=True, index=True),
             sa.Column("record", sa.JSON, nullable=False),
         )
+        self.variants = sa.Table(  # which experiment variant made which content: engagement per variant
+            "content_variants",
+            meta,
+            sa.Column("content_id", sa.String(40), primary_key=True),
+            sa.Column("stage", sa.String(32), primary_key=True),
+            sa.Column("experiment", sa.String(128), nullable=False, index=True),
+            sa.Column("variant", sa.String(128), nullable=False),
+        )
         create_tables(meta, self.engine)
 
     def add(self, record: dict[str, Any]) -> None:
@@ -109,6 +117,20 @@ class ContentCatalog:
                     "record": json.loads(json.dumps(record)),
                 },
             )
+            variants = [
+                {"content_id": record["id"], "stage": stage, **tag} for stage, tag in record.get("variants", {}).items()
+            ]
+            if variants:
+                conn.execute(sa.insert(self.variants), variants)
+
+    def variant_contents(self) -> list[tuple[str, str, str]]:
+        """(experiment, variant, content id) for every stored content an experiment variant helped make."""
+        import sqlalchemy as sa
+
+        t = self.variants
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.experiment, t.c.variant, t.c.content_id).distinct())
+            return [(e, v, c) for e, v, c in rows]
 
     def update(self, record: dict[str, Any]) -> None:
         """Replace a stored record (its status and id stay as stored)."""

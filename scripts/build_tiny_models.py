@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Bump when a recipe changes: an existing cache built by an older recipe is rebuilt.
-RECIPE_VERSION = "2"  # 2: the recommender seed carries item texts
+RECIPE_VERSION = "3"  # 2: the recommender seed carries item texts; 3: a text-b candidate
 SEED = 1234
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / ".cache" / "models" / "tiny"
 
@@ -261,8 +261,14 @@ def build_recommend(out: Path) -> None:
     save_model_dir(out, model, matrix, user_ids, item_ids, item_texts=texts, meta={"source": "tiny seed"})
 
 
+def build_text_b(out: Path) -> None:
+    """The local profile's A/B candidate: the same architecture, other weights."""
+    build_text(out, seed=SEED + 1)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "text": build_text,
+    "text-b": build_text_b,
     "image": build_image,
     "voice": build_voice,
     "recommend": build_recommend,

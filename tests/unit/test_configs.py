@@ -14,7 +14,8 @@ from deployments.image import ImageConfig
 from deployments.recommend import RecommendConfig
 from deployments.text import TextConfig
 from deployments.voice import VoiceConfig
-from graphs.app import build_app
+from graphs.app import AppArgs, build_app
+from graphs.experiments import validate_experiments
 from graphs.ingress import IngressConfig
 from graphs.pipeline import PipelineConfig
 
@@ -35,16 +36,21 @@ def test_serve_config_validates(path: Path) -> None:
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     for app in schema.applications:
         assert app.import_path == "graphs.app:build_app"
+        args = AppArgs.model_validate(app.args)
+        kind = {name: service for service, names in args.variants.items() for name in names}
         names = {d.name for d in app.deployments}
-        assert names == set(SERVICE_CONFIGS), f"{path.name} must configure every deployment"
+        assert names == set(SERVICE_CONFIGS) | set(kind), f"{path.name} must configure every deployment"
         for deployment in app.deployments:
-            SERVICE_CONFIGS[deployment.name].model_validate(deployment.user_config)
+            SERVICE_CONFIGS[kind.get(deployment.name, deployment.name)].model_validate(deployment.user_config)
+            if deployment.name == "ingress":
+                experiments = IngressConfig.model_validate(deployment.user_config).experiments
+                validate_experiments(experiments, {"text", "image", "voice", *kind})
 
 
 def test_local_profile_points_at_the_tiny_models() -> None:
     app = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]
     models = {d["name"]: d["user_config"]["model"] for d in app["deployments"] if "model" in d["user_config"]}
-    assert set(models) == {"text", "image", "voice", "recommend"}
+    assert set(models) == {"text", "text-b", "image", "voice", "recommend"}
     assert all(m.startswith(".cache/models/tiny/") for m in models.values())
     assert app["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
 
