@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models browser run test test-unit test-integration lint format manifests gpu-check eval-recs clean
+.PHONY: setup models browser run test test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick clean
 
 setup: $(INSTALLED) models browser
 
@@ -56,6 +56,14 @@ lint: $(INSTALLED)
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The app against an all-in-one baseline, local and heavier CPU profiles: bench/results/{*.json,summary.md,*.png}.
+bench: setup
+	$(BIN)/python -m bench.run
+	@cat bench/results/summary.md
+
+bench-quick: setup
+	$(BIN)/python -m bench.run --profile local --quick
 
 # Recommender quality on a seeded planted-community data set: popularity vs. ALS vs. hybrid (eval/results/).
 eval-recs: $(INSTALLED)

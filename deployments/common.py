@@ -207,9 +207,9 @@ def _ray_context() -> tuple[list[str], dict[str, float], str | None, str | None]
     ctx = ray.get_runtime_context()
     try:
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        resources = dict(ctx.get_assigned_resources() or {})
     except AssertionError:  # a driver (a script or a test that started Ray), not a worker: nothing assigned
         return [], {}, None, None
-    resources = dict(ctx.get_assigned_resources() or {})
     replica = None
     try:
         from ray import serve

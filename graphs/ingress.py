@@ -341,9 +341,12 @@ class Ingress:
     async def models(self) -> ModelList:
         described = await self._describe_all()
         cards = [
-            ModelCard(id=info["model"], created=int(info.get("loaded_at") or 0), service=name)
+            ModelCard(id=info["model"], created=int(info.get("loaded_at") or 0), service=info["service"])
             for name, info in described.items()
             if info.get("status") == "ok" and name != "recommend"
+        ]
+        cards += [  # an experiment's public name: requests naming it are split between its variants
+            ModelCard(id=e.model, created=0, service=e.service) for e in self.config.experiments.values() if e.model
         ]
         return ModelList(data=cards)
 

@@ -84,18 +84,21 @@ def build_tokenizer(out: Path):
     return fast
 
 
-def build_text(out: Path, seed: int = SEED) -> None:
-    """A GPT-2-architecture causal LM (138 k parameters) with the local tokenizer; another seed, other weights."""
+def build_text(
+    out: Path, seed: int = SEED, n_embd: int = 64, n_layer: int = 2, n_head: int = 2, n_positions: int = 256
+) -> None:
+    """A GPT-2-architecture causal LM (138 k parameters by default) with the local tokenizer; another seed,
+    other weights; bigger sizes for the benchmark's heavier profile."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     _seed_everything(seed)
     tok = build_tokenizer(out)
     config = GPT2Config(
         vocab_size=len(tok),
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
-        n_positions=256,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_positions=n_positions,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

@@ -8,9 +8,6 @@ tiny models and data, so tests neither collide with a running ``make run`` nor w
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,45 +17,10 @@ import httpx
 import pytest
 import yaml
 
+from scripts.serve_local import READY_TIMEOUT_S, free_port, serve_cli, session_config, wait_healthy
+
 ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def session_config(source: Path, project_root: Path, port: int) -> dict:
-    config = yaml.safe_load(source.read_text())
-    config["http_options"]["port"] = port
-    for app in config["applications"]:
-        app.setdefault("runtime_env", {}).setdefault("env_vars", {})["CONTENT_STUDIO_ROOT"] = str(project_root)
-    return config
-
-
-def serve_cli(*args: str, dashboard: str) -> subprocess.CompletedProcess:
-    serve = Path(sys.executable).with_name("serve")
-    done = subprocess.run([str(serve), *args, "--address", dashboard], capture_output=True, text=True, timeout=120)
-    if done.returncode:
-        raise RuntimeError(f"serve {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done
-
-
-def wait_healthy(url: str, timeout: float = READY_TIMEOUT_S) -> dict:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{url}/v1/health", timeout=10)
-            last = response.text
-            if response.status_code == 200:
-                return response.json()
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(2)
-    raise TimeoutError(f"app not healthy after {timeout}s: {last}")
+__all__ = ["free_port", "serve_cli", "session_config", "wait_healthy"]  # tests import these from here
 
 
 # The session's Ray cluster: a CPU-only head (as on KubeRay) and two worker nodes that advertise two GPUs each.

@@ -16,7 +16,7 @@ SERVICES = ("text", "image", "voice", "recommend")
 def test_health_reports_every_service_with_its_placement(client: httpx.Client) -> None:
     body = client.get("/v1/health").json()
     assert body["status"] == "ok"
-    assert set(body["services"]) == set(SERVICES)
+    assert set(body["services"]) == {*SERVICES, "text-b"}  # text-b: the text experiment's candidate
     for name, info in body["services"].items():
         assert info["status"] == "ok", name
         assert info["device"] == "cpu"  # no GPU was advertised to this Ray instance
@@ -26,11 +26,13 @@ def test_health_reports_every_service_with_its_placement(client: httpx.Client) -
     assert body["services"]["text"]["torch_threads"] == 1
 
 
-def test_models_lists_the_three_generative_models(client: httpx.Client) -> None:
+def test_models_lists_the_generative_models_and_the_experiment(client: httpx.Client) -> None:
     body = client.get("/v1/models").json()
     assert body["object"] == "list"
     assert {(m["id"], m["service"]) for m in body["data"]} == {
         ("tiny-gpt2", "text"),
+        ("tiny-gpt2-b", "text"),  # the experiment's candidate
+        ("content-writer", "text"),  # the experiment's public name
         ("tiny-sd", "image"),
         ("tiny-vits", "voice"),
     }
