@@ -101,19 +101,23 @@ def with_text_batching(config: dict[str, Any], **batching: Any) -> dict[str, Any
 
 # --- processes and memory ---------------------------------------------------------------------------------
 def app_processes() -> dict[str, Any]:
-    """The app's Ray processes by role: each replica, the proxy, the controller."""
+    """The app's Ray processes by role (each replica, the proxy, the controller), from this Ray instance's own
+    state API (another Ray instance on the machine is not ours to count)."""
     import psutil
+    from ray.util.state import list_actors
 
     found = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        title = " ".join(proc.info["cmdline"] or [])
-        if title.startswith(f"ray::ServeReplica:{APP}:"):
-            name = title.split(":")[3].split(".")[0].split(" ")[0]
-            found[f"replica {name} ({proc.pid})"] = proc
-        elif title.startswith("ray::ProxyActor"):
-            found[f"proxy ({proc.pid})"] = proc
-        elif title.startswith("ray::ServeController"):
-            found[f"controller ({proc.pid})"] = proc
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        cls, pid = actor.class_name or "", actor.pid
+        if cls.startswith(f"ServeReplica:{APP}:"):
+            label = f"replica {cls.rsplit(':', 1)[1]} ({pid})"
+        elif cls == "ProxyActor":
+            label = f"proxy ({pid})"
+        elif cls == "ServeController":
+            label = f"controller ({pid})"
+        else:
+            continue
+        found[label] = psutil.Process(pid)
     return found
 
 

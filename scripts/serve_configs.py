@@ -60,6 +60,16 @@ def tiny_variant(
         scaling = deployment.get("autoscaling_config")
         if scaling:  # start at the minimum: a test machine has no room for production's initial fleet
             scaling["initial_replicas"] = scaling.get("min_replicas", 1)
+    # Keep only the experiments whose variant deployments this application has.
+    names = set(deployments_of(app))
+    for deployment in app["deployments"]:
+        experiments = deployment["user_config"].get("experiments") if deployment["name"] == "ingress" else None
+        if experiments:
+            deployment["user_config"]["experiments"] = {
+                name: e
+                for name, e in experiments.items()
+                if all(v["deployment"] in names for v in e["variants"].values())
+            }
     return app
 
 

@@ -16,9 +16,13 @@ from tests.integration.test_scaling import with_app
 MODELS = ("text", "image", "voice", "recommend")
 
 
-def replica_actor(app: str, deployment: str):
+def replica_actor(app: str, deployment: str, replica_id: str | None = None):
+    """The deployment's replica actor: the only one, or the one with ``replica_id`` (earlier load may have left
+    the autoscaler a second replica)."""
     prefix = f"SERVE_REPLICA::{app}#{deployment}#"
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+    if replica_id is not None:
+        names = [n for n in names if n.endswith(f"#{replica_id}")]
     assert len(names) == 1, names
     return ray.get_actor(names[0], namespace="serve")
 
@@ -42,13 +46,15 @@ async def _hammer(url: str, payload: dict, seconds: float, concurrency: int, tim
     return results
 
 
-def load_while_killing(url: str, payload: dict, deployment: str, seconds: float, clients: int) -> list:
+def load_while_killing(
+    url: str, payload: dict, deployment: str, seconds: float, clients: int, replica_id: str | None = None
+) -> list:
     """Send load for ``seconds``; a few seconds in, kill the deployment's replica (no restart by Ray)."""
 
     async def scenario() -> list:
         load = asyncio.create_task(_hammer(url, payload, seconds, concurrency=clients))
         await asyncio.sleep(min(3, seconds / 4))
-        ray.kill(replica_actor("content-studio", deployment), no_restart=True)
+        ray.kill(replica_actor("content-studio", deployment, replica_id), no_restart=True)
         return await load
 
     return asyncio.run(scenario())
@@ -58,7 +64,8 @@ def test_killing_the_text_replica_under_load_loses_no_request(client: httpx.Clie
     before = client.get("/v1/health").json()["services"]["text"]["replica"]
     payload = {"prompt": "Once upon a time", "max_tokens": 8}
 
-    results = load_while_killing(f"{deployed_app['url']}/v1/completions", payload, "text", seconds=12, clients=4)
+    url = f"{deployed_app['url']}/v1/completions"
+    results = load_while_killing(url, payload, "text", seconds=12, clients=4, replica_id=before)
     statuses = [status for status, _, _ in results]
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     health = wait_healthy(deployed_app["url"])
