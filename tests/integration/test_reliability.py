@@ -95,7 +95,8 @@ def test_overload_gets_503_at_once_and_slowness_504_at_the_timeout(deployed_app:
     text["user_config"] = {**text["user_config"], "faults": {"delay_s": 4.0}}  # each request holds 4 s
     ingress = deployments_of(app)["ingress"]
     timeouts = {**ingress["user_config"]["timeouts_s"], "text": 1.5}
-    ingress["user_config"] = {**ingress["user_config"], "timeouts_s": timeouts}
+    # every request to the one tight text model: no experiment splitting traffic off to text-b
+    ingress["user_config"] = {**ingress["user_config"], "timeouts_s": timeouts, "experiments": {}}
     redeploy(with_app(deployed_app, app), app="tight", healthy=(*MODELS, "pipeline", "ingress"))
 
     async def burst() -> list[tuple[httpx.Response, float]]:
