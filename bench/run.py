@@ -83,8 +83,13 @@ def bench_config(profile: str, root: Path) -> dict[str, Any]:
         if "autoscaling_config" in d:
             d.pop("autoscaling_config")
             d["num_replicas"] = 1
+    # The text model under test gets the machine's cores (torch sizes its threads to them), as the in-process
+    # ceiling and the baseline have, and room for a batch of 16.
+    deployments["text"].update(max_ongoing_requests=16, max_queued_requests=64)
+    deployments["text"]["ray_actor_options"]["num_cpus"] = os.cpu_count() or 1
     text = deployments["text"]["user_config"]
     text["max_tokens_limit"] = 256
+    text["batching"] = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
     if profile == "heavy":
         text["model"] = str(ensure_heavy_text(root).relative_to(root))
         image = deployments["image"]["user_config"]
@@ -304,7 +309,7 @@ def start_ray() -> str:
     port = free_port()
     ray.init(
         address="local",
-        num_cpus=max(4, os.cpu_count() or 1),
+        num_cpus=(os.cpu_count() or 1) + 2,  # the text replica takes the cores; the rest share the remainder
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=port,
