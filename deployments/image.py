@@ -24,7 +24,7 @@ from deployments.common import (
     resolve_model_source,
     resolve_placement,
 )
-from deployments.replica import ModelReplica
+from deployments.replica import Coalescer, ModelReplica
 from deployments.telemetry import telemetry
 
 MAX_PROMPT_CHARS = 2000
@@ -258,10 +258,22 @@ class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
             telemetry.count("content_studio_images_generated", len(result.images), model=result.model)
             telemetry.observe("content_studio_image_seconds", seconds, model=result.model)
 
+    @property
+    def coalescer(self) -> Coalescer:
+        """Merges batches that wait for the pipeline into one call (per engine: a new model gets its own)."""
+        engine = self.engine
+        if getattr(self, "_coalesced", None) is None or self._coalesced[0] is not engine:
+            coalescer = Coalescer(
+                lambda jobs, *_: engine.render(jobs),
+                max_rows=lambda: engine.config.batching.max_batch_size,
+                observe=lambda rows: telemetry.observe("content_studio_batch_size", rows, service=self.service),
+            )
+            self._coalesced = (engine, coalescer)
+        return self._coalesced[1]
+
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _render_batch(self, jobs: list[ImageJob]) -> list[ImageResult]:
-        telemetry.observe("content_studio_batch_size", len(jobs), service=self.service)
-        return await asyncio.to_thread(self.engine.render, jobs)
+        return await self.coalescer.submit(jobs)
 
     async def _render(self, request: ImageRequest) -> ImageResult:
         job = self.engine.prepare(request)

@@ -25,7 +25,7 @@ from deployments.common import (
     resolve_model_source,
     resolve_placement,
 )
-from deployments.replica import ModelReplica
+from deployments.replica import Coalescer, ModelReplica
 from deployments.telemetry import telemetry
 
 MAX_PROMPT_CHARS = 32_000
@@ -535,14 +535,25 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
             )
 
     # --- batches ------------------------------------------------------------------------------------------
+    @property
+    def coalescer(self) -> Coalescer:
+        """Merges batches that wait for the model into one call (per engine: a new model gets its own)."""
+        engine = self.engine
+        if getattr(self, "_coalesced", None) is None or self._coalesced[0] is not engine:
+            coalescer = Coalescer(
+                engine.run_batch,
+                max_rows=lambda: engine.config.batching.max_batch_size,
+                observe=lambda rows: telemetry.observe("content_studio_batch_size", rows, service=self.service),
+            )
+            self._coalesced = (engine, coalescer)
+        return self._coalesced[1]
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _generate_batch(self, batch: list[Prepared]) -> list[TextResult]:
-        telemetry.observe("content_studio_batch_size", len(batch), service=self.service)
-        return await asyncio.to_thread(self.engine.run_batch, batch)
+        return await self.coalescer.submit(batch)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _stream_batch(self, batch: list[Prepared]) -> AsyncIterator[list[Any]]:
-        telemetry.observe("content_studio_batch_size", len(batch), service=self.service)
         async for step in self._stream_steps(batch):
             yield step
 
@@ -555,7 +566,7 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
         def put(row: int, item: str | TextResult) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, (row, item))
 
-        work = asyncio.ensure_future(asyncio.to_thread(self.engine.run_batch, batch, put, put))
+        work = asyncio.ensure_future(self.coalescer.submit(batch, put, put))
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
         finished = [False] * len(batch)
         try:
