@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -296,14 +296,6 @@ def measure_ceiling(engine: Any, s: Settings, batch: int = 16) -> dict[str, floa
 
 
 # --- the run ----------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    profile: str
-    settings: Settings
-    root: Path
-    results: dict[str, Any] = field(default_factory=dict)
-
-
 def start_ray() -> str:
     import ray
 
@@ -323,7 +315,7 @@ def start_ray() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def deploy(config: dict[str, Any], dashboard: str, root: Path, folder: Path, name: str) -> str:
+def deploy(config: dict[str, Any], dashboard: str, folder: Path, name: str) -> str:
     from scripts.serve_local import serve_cli
 
     path = folder / f"{name}.yaml"
@@ -333,7 +325,7 @@ def deploy(config: dict[str, Any], dashboard: str, root: Path, folder: Path, nam
 
 
 def start_baseline(config: dict[str, Any], root: Path, folder: Path) -> tuple[subprocess.Popen, str]:
-    from scripts.serve_local import free_port, wait_healthy
+    from scripts.serve_local import free_port
 
     path = folder / "baseline.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -353,8 +345,8 @@ def start_baseline(config: dict[str, Any], root: Path, folder: Path) -> tuple[su
         if proc.poll() is not None:
             raise RuntimeError("the baseline exited during start-up")
         time.sleep(1)
-    wait_healthy(url, timeout=1)
-    return proc, url
+    proc.terminate()
+    raise TimeoutError("the baseline did not answer /v1/health within 300 s")
 
 
 def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
@@ -377,7 +369,7 @@ def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
         baseline = None
         try:
             started = time.perf_counter()
-            deploy(config, dashboard, folder, folder, "app")
+            deploy(config, dashboard, folder, "app")
             wait_healthy(url)
             out["cold_start_s"] = {"app": time.perf_counter() - started}
             started = time.perf_counter()
@@ -417,7 +409,6 @@ def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
                 with_text_batching(config, max_batch_size=8, batch_wait_timeout_s=0.0),
                 dashboard,
                 folder,
-                folder,
                 "nowait",
             )
             time.sleep(3)
@@ -425,7 +416,6 @@ def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
             deploy(
                 with_text_batching(config, max_batch_size=1, batch_wait_timeout_s=0.0),
                 dashboard,
-                folder,
                 folder,
                 "nobatch",
             )

@@ -119,14 +119,18 @@ def project_root() -> Path:
     return Path(os.environ.get(ROOT_ENV, PROJECT_ROOT))
 
 
+def project_path(path: str | Path) -> Path:
+    """A path as given when absolute (``~`` expanded), else under the project root."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else project_root() / candidate
+
+
 def resolve_database_url(url: str) -> str:
     """Anchor a relative SQLite path at the project root (like model folders) and create its folder."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or url in ("sqlite:///:memory:", "sqlite://"):
         return url
-    path = Path(url[len(prefix) :])
-    if not path.is_absolute():
-        path = project_root() / path
+    path = project_path(url[len(prefix) :])
     path.parent.mkdir(parents=True, exist_ok=True)
     return prefix + str(path)
 

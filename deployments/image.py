@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,7 +24,7 @@ from deployments.common import (
     resolve_model_source,
     resolve_placement,
 )
-from deployments.replica import Coalescer, ModelReplica
+from deployments.replica import ModelReplica
 from deployments.telemetry import telemetry
 
 MAX_PROMPT_CHARS = 2000
@@ -258,18 +258,8 @@ class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
             telemetry.count("content_studio_images_generated", len(result.images), model=result.model)
             telemetry.observe("content_studio_image_seconds", seconds, model=result.model)
 
-    @property
-    def coalescer(self) -> Coalescer:
-        """Merges batches that wait for the pipeline into one call (per engine: a new model gets its own)."""
-        engine = self.engine
-        if getattr(self, "_coalesced", None) is None or self._coalesced[0] is not engine:
-            coalescer = Coalescer(
-                lambda jobs, *_: engine.render(jobs),
-                max_rows=lambda: engine.config.batching.max_batch_size,
-                observe=lambda rows: telemetry.observe("content_studio_batch_size", rows, service=self.service),
-            )
-            self._coalesced = (engine, coalescer)
-        return self._coalesced[1]
+    def batch_runner(self, engine: ImageGenerator) -> Callable[..., list[ImageResult]]:
+        return lambda jobs, *_: engine.render(jobs)  # images have no per-row callbacks
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _render_batch(self, jobs: list[ImageJob]) -> list[ImageResult]:
@@ -277,8 +267,8 @@ class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
 
     async def _render(self, request: ImageRequest) -> ImageResult:
         job = self.engine.prepare(request)
-        if not self.in_serve:
-            return (await asyncio.to_thread(self.engine.render, [job]))[0]
+        if not self.in_serve:  # @serve.batch needs a replica; plain tests go straight to the model
+            return (await self.coalescer.submit([job]))[0]
         return await self._render_batch(job)
 
     async def generate(self, request: ImageRequest) -> ImageResult:

@@ -33,7 +33,7 @@ from deployments.common import (
     StrictModel,
     create_sql_engine,
     create_tables,
-    project_root,
+    project_path,
     resolve_model_source,
     resolve_placement,
 )
@@ -347,11 +347,6 @@ class InteractionStore:
             )
 
 
-def _resolve_dir(path: str) -> Path:
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else project_root() / candidate
-
-
 # --- engine -----------------------------------------------------------------------------------------------
 class Recommender:
     """Answers recommendations and similar items from the current snapshot; records events; retrains."""
@@ -360,7 +355,7 @@ class Recommender:
         self.config = config
         self.placement = resolve_placement("cpu")  # the PyPI build of implicit computes on the CPU
         self.seed = seed or load_model_dir(Path(resolve_model_source(config.model)))
-        self.registry = ModelRegistry(_resolve_dir(config.trained_dir))
+        self.registry = ModelRegistry(project_path(config.trained_dir))
         self.store = InteractionStore(config.store_url)
         self.snapshot = self._load_current() or self.seed
         self._space: tuple[tuple[Any, ...], ItemSpace] | None = None
@@ -468,7 +463,7 @@ class Recommender:
             upto = self.store.last_event_id()
             events = self.store.training_events(upto)
             model, matrix, users, items, texts = train_factors(
-                policy, self.seed, events, upto, registered_texts=self.store.item_texts()
+                policy, self.seed, events, registered_texts=self.store.item_texts()
             )
             meta = {"max_event_id": upto, "trained_at": time.time(), "trigger": trigger, "events": len(events)}
 

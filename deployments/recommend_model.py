@@ -169,7 +169,6 @@ def train_factors(
     config: TrainingConfig,
     seed: FactorModel,
     events: list[tuple[str, str, float]],
-    max_event_id: int,
     registered_texts: dict[str, str] | None = None,
 ) -> tuple[Any, Any, list[str], list[str], dict[str, str]]:
     """Fit ALS/BPR on the seed matrix plus recorded ``(user, item, weight)`` events.

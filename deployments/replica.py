@@ -43,6 +43,72 @@ ResultT = TypeVar("ResultT")
 logger = logging.getLogger("content_studio.replica")
 
 
+class Coalescer:
+    """Runs batches on a worker thread one at a time, merging every batch that arrived meanwhile into the next run.
+
+    ``@serve.batch`` forms a batch from what arrives within its wait window, then queues it behind the batch
+    that is running; under steady load that leaves many small batches waiting in line. Merging what waits
+    (up to ``max_rows()``) turns them into one model call. ``run(rows, on_piece, on_done)`` must return one
+    result per row; callbacks get the row index within their own batch.
+    """
+
+    def __init__(
+        self,
+        run: Callable[..., list[Any]],
+        max_rows: Callable[[], int],
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run, self.max_rows, self.observe = run, max_rows, observe
+        self._pending: list[tuple[list[Any], Any, Any, asyncio.Future[list[Any]]]] = []
+        self._drainer: asyncio.Future[None] | None = None
+
+    async def submit(self, rows: list[Any], on_piece: Any = None, on_done: Any = None) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, on_piece, on_done, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            take = [self._pending.pop(0)]
+            limit = self.max_rows()
+            while self._pending and sum(len(t[0]) for t in take) + len(self._pending[0][0]) <= limit:
+                take.append(self._pending.pop(0))
+            if self.observe is not None:
+                self.observe(sum(len(t[0]) for t in take))
+            await self._run_merged(take)
+
+    async def _run_merged(self, take: list[tuple[list[Any], Any, Any, asyncio.Future[list[Any]]]]) -> None:
+        rows = [row for batch, *_ in take for row in batch]
+        owner: list[tuple[int, int]] = [(n, r) for n, (batch, *_) in enumerate(take) for r in range(len(batch))]
+
+        def route(which: int) -> Any:
+            if not any(t[which] for t in take):
+                return None
+
+            def callback(row: int, item: Any) -> None:
+                n, r = owner[row]
+                target = take[n][which]
+                if target is not None:
+                    target(r, item)
+
+            return callback
+
+        try:
+            results = await asyncio.to_thread(self.run, rows, route(1), route(2))
+        except Exception as exc:
+            for *_, future in take:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for batch, _, _, future in take:
+            if not future.done():
+                future.set_result(results[start : start + len(batch)])
+            start += len(batch)
+
+
 def config_version(config: ServiceConfig) -> str:
     """A short, stable fingerprint of a config (never Python's salted ``hash``)."""
     payload = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
@@ -146,6 +212,27 @@ class ModelReplica(Generic[ConfigT, EngineT]):
         except Exception:
             return False
 
+    def batch_runner(self, engine: EngineT) -> Callable[..., list[Any]]:
+        """``run(rows, on_piece, on_done) -> results`` for a batched service's engine (see ``coalescer``)."""
+        raise NotImplementedError
+
+    @property
+    def coalescer(self) -> Coalescer:
+        """Merges batches that wait for the model into one call (per engine: a new model gets its own)."""
+        engine = self.engine
+        cached = getattr(self, "_coalesced", None)
+        if cached is None or cached[0] is not engine:
+            cached = (
+                engine,
+                Coalescer(
+                    self.batch_runner(engine),
+                    max_rows=lambda: engine.config.batching.max_batch_size,
+                    observe=lambda rows: telemetry.observe("content_studio_batch_size", rows, service=self.service),
+                ),
+            )
+            self._coalesced = cached
+        return cached[1]
+
     # --- shared methods -------------------------------------------------------------------------------
     @property
     def engine(self) -> EngineT:
@@ -210,69 +297,3 @@ async def iterate_in_thread(
         yield task.result()  # raises the work's error, if any
     finally:
         cancel.set()
-
-
-class Coalescer:
-    """Runs batches on a worker thread one at a time, merging every batch that arrived meanwhile into the next run.
-
-    ``@serve.batch`` forms a batch from what arrives within its wait window, then queues it behind the batch
-    that is running; under steady load that leaves many small batches waiting in line. Merging what waits
-    (up to ``max_rows()``) turns them into one model call. ``run(rows, on_piece, on_done)`` must return one
-    result per row; callbacks get the row index within their own batch.
-    """
-
-    def __init__(
-        self,
-        run: Callable[..., list[Any]],
-        max_rows: Callable[[], int],
-        observe: Callable[[int], None] | None = None,
-    ) -> None:
-        self.run, self.max_rows, self.observe = run, max_rows, observe
-        self._pending: list[tuple[list[Any], Any, Any, asyncio.Future[list[Any]]]] = []
-        self._drainer: asyncio.Future[None] | None = None
-
-    async def submit(self, rows: list[Any], on_piece: Any = None, on_done: Any = None) -> list[Any]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, on_piece, on_done, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        while self._pending:
-            take = [self._pending.pop(0)]
-            limit = self.max_rows()
-            while self._pending and sum(len(t[0]) for t in take) + len(self._pending[0][0]) <= limit:
-                take.append(self._pending.pop(0))
-            if self.observe is not None:
-                self.observe(sum(len(t[0]) for t in take))
-            await self._run_merged(take)
-
-    async def _run_merged(self, take: list[tuple[list[Any], Any, Any, asyncio.Future[list[Any]]]]) -> None:
-        rows = [row for batch, *_ in take for row in batch]
-        owner: list[tuple[int, int]] = [(n, r) for n, (batch, *_) in enumerate(take) for r in range(len(batch))]
-
-        def route(which: int) -> Any:
-            if not any(t[which] for t in take):
-                return None
-
-            def callback(row: int, item: Any) -> None:
-                n, r = owner[row]
-                target = take[n][which]
-                if target is not None:
-                    target(r, item)
-
-            return callback
-
-        try:
-            results = await asyncio.to_thread(self.run, rows, route(1), route(2))
-        except Exception as exc:
-            for *_, future in take:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        start = 0
-        for batch, _, _, future in take:
-            if not future.done():
-                future.set_result(results[start : start + len(batch)])
-            start += len(batch)

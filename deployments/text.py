@@ -25,7 +25,7 @@ from deployments.common import (
     resolve_model_source,
     resolve_placement,
 )
-from deployments.replica import Coalescer, ModelReplica
+from deployments.replica import ModelReplica
 from deployments.telemetry import telemetry
 
 MAX_PROMPT_CHARS = 32_000
@@ -535,18 +535,8 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
             )
 
     # --- batches ------------------------------------------------------------------------------------------
-    @property
-    def coalescer(self) -> Coalescer:
-        """Merges batches that wait for the model into one call (per engine: a new model gets its own)."""
-        engine = self.engine
-        if getattr(self, "_coalesced", None) is None or self._coalesced[0] is not engine:
-            coalescer = Coalescer(
-                engine.run_batch,
-                max_rows=lambda: engine.config.batching.max_batch_size,
-                observe=lambda rows: telemetry.observe("content_studio_batch_size", rows, service=self.service),
-            )
-            self._coalesced = (engine, coalescer)
-        return self._coalesced[1]
+    def batch_runner(self, engine: TextGenerator) -> Callable[..., list[TextResult]]:
+        return engine.run_batch
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _generate_batch(self, batch: list[Prepared]) -> list[TextResult]:
@@ -584,8 +574,8 @@ class TextDeployment(ModelReplica[TextConfig, TextGenerator]):
 
     async def _one(self, prepared: Prepared) -> TextResult:
         try:
-            if not self.in_serve:
-                return (await asyncio.to_thread(self.engine.run_batch, [prepared]))[0]
+            if not self.in_serve:  # @serve.batch needs a replica; plain tests go straight to the model
+                return (await self.coalescer.submit([prepared]))[0]
             return await self._generate_batch(prepared)
         finally:
             prepared.cancel.set()  # the caller gave up (timeout, disconnect): free its batch row

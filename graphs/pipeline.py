@@ -167,8 +167,8 @@ class ContentPipeline:
         config: dict[str, Any] | None = None,
         variants: dict[str, DeploymentHandle] | None = None,
     ) -> None:
-        self.text, self.image, self.voice, self.recommend = text, image, voice, recommend
-        # Experiment variants: more deployments of a service, by deployment name (the ingress picks per request).
+        self.recommend = recommend
+        # Text, image and voice by deployment name, with experiment variants (the ingress picks per request).
         self.deployments: dict[str, DeploymentHandle] = {
             "text": text,
             "image": image,
