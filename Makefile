@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models browser run test test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick clean
+.PHONY: setup models browser run test test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-recs clean
 
 setup: $(INSTALLED) models browser
 
@@ -25,12 +25,19 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Debian's Chromium for the web studio's browser test; installed when missing and we may (root, apt).
-browser:
+# Debian's Chromium for the web studio's browser test; installed when missing and we may (root, apt). axe-core
+# (accessibility checks in that test) from the npm registry, pinned, into .cache/npm.
+AXE := .cache/npm/node_modules/axe-core/axe.min.js
+browser: $(AXE)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: no chromium and no root to install it: the browser test will be skipped"; fi; }
+
+$(AXE):
+	@if command -v npm >/dev/null 2>&1; then \
+	  mkdir -p .cache/npm && npm install --silent --no-audit --no-fund --prefix .cache/npm axe-core@4.14.1; \
+	else echo "note: no npm: the accessibility checks will be skipped"; fi
 
 # The builder is a no-op when a build by the current recipe exists.
 models: $(INSTALLED)
@@ -60,7 +67,17 @@ format: $(INSTALLED)
 # The app against an all-in-one baseline, local and heavier CPU profiles: bench/results/{*.json,summary.md,*.png}.
 bench: setup
 	$(BIN)/python -m bench.run
-	@cat bench/results/summary.md
+	$(BIN)/python -m bench.soak
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m bench.recs
+	@cat bench/results/summary.md bench/results/soak.md bench/results/recs.md
+
+# The recommender swept over 10k, 100k and 1M items: registering, recommending, memory, ANN recall (recs.{json,md,png}).
+bench-recs: setup
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m bench.recs
+
+# A burst at the edge and a bounded soak (mixed load; memory growth and failures): bench/results/soak.{json,md}.
+bench-soak: setup
+	$(BIN)/python -m bench.soak
 
 bench-quick: setup
 	$(BIN)/python -m bench.run --profile local --quick

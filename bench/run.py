@@ -1,4 +1,5 @@
-"""Benchmark harness: the microservice app against an all-in-one baseline, measured side by side.
+"""Benchmark harness: the microservice app against an all-in-one baseline, measured side by side; then the LLM
+serving benchmark (bench/llm.py: continuous batching against the static baseline).
 
 One command starts what it needs (a local Ray instance with the app deployed by ``serve deploy``, and the
 baseline's uvicorn process), runs every measurement, stops everything, and writes ``bench/results/<profile>.json``,
@@ -11,7 +12,7 @@ Both compare the same models; the experiment variant is left out so every reques
 The machine is shared and noisy: ratios matter more than absolute times. No test asserts a timing; targets
 are printed as pass/miss.
 
-    make bench                                  (both profiles)
+    make bench                                  (both profiles, then bench.llm on the heavy profile)
     python -m bench.run --profile local --quick (the smoke run the tests use)
 """
 
@@ -19,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,17 +45,10 @@ class Settings:
 
     pipeline_c1: int = 8
     pipeline_c8: int = 24
-    token_requests: int = 32
-    token_max: int = 64
-    ttft_requests: int = 4
-    ttft_tokens: int = 128
-    hop_calls: int = 40
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(
-            pipeline_c1=2, pipeline_c8=8, token_requests=16, token_max=8, ttft_requests=1, ttft_tokens=16, hop_calls=5
-        )
+        return cls(pipeline_c1=2, pipeline_c8=8)
 
 
 # --- configs ----------------------------------------------------------------------------------------------
@@ -66,7 +58,7 @@ def ensure_heavy_text(root: Path) -> Path:
 
     out = root / ".cache" / "models" / "heavy" / "text"
     if not (out / "config.json").exists():
-        build_text(out, n_embd=384, n_layer=6, n_head=6, n_positions=512)
+        build_text(out, n_embd=384, n_layer=6, n_head=6, n_positions=512, train_steps=0)
     return out
 
 
@@ -84,26 +76,16 @@ def bench_config(profile: str, root: Path) -> dict[str, Any]:
             d.pop("autoscaling_config")
             d["num_replicas"] = 1
     # The text model under test gets the machine's cores (torch sizes its threads to them), as the in-process
-    # ceiling and the baseline have, and room for a batch of 16.
-    deployments["text"].update(max_ongoing_requests=16, max_queued_requests=64)
+    # ceiling and the baseline have; Serve holds as many requests as the engine has running + waiting places.
+    deployments["text"].update(max_ongoing_requests=48, max_queued_requests=64)
     deployments["text"]["ray_actor_options"]["num_cpus"] = os.cpu_count() or 1
     text = deployments["text"]["user_config"]
     text["max_tokens_limit"] = 256
-    # Throughput setting: a window long enough for a burst of 16 to meet after crossing proxy and ingress on a
-    # busy machine (a lone request pays it; the hop measurement below runs with no wait).
-    text["batching"] = {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}
     if profile == "heavy":
         text["model"] = str(ensure_heavy_text(root).relative_to(root))
         image = deployments["image"]["user_config"]
         image.update(default_width=128, default_height=128, default_steps=4)
     return config
-
-
-def with_text_batching(config: dict[str, Any], **batching: Any) -> dict[str, Any]:
-    changed = copy.deepcopy(config)
-    text = next(d for d in changed["applications"][0]["deployments"] if d["name"] == "text")
-    text["user_config"]["batching"] = batching
-    return changed
 
 
 # --- processes and memory ---------------------------------------------------------------------------------
@@ -209,92 +191,6 @@ def measure_pipeline(url: str, s: Settings) -> dict[str, float]:
     return {"p50_s": pct(lat, 0.5), "p95_s": pct(lat, 0.95), "throughput_c8_rps": s.pipeline_c8 / wall}
 
 
-def measure_tokens(url: str, s: Settings, concurrency: int = 16) -> dict[str, float]:
-    bodies = [
-        {"prompt": f"Chapter {n}:", "max_tokens": s.token_max, "min_tokens": s.token_max, "temperature": 0}
-        for n in range(s.token_requests)
-    ]
-    load(url, "/v1/completions", bodies[:2], 2)  # warm-up
-    _, wall, answers = load(url, "/v1/completions", bodies, concurrency)
-    tokens = sum(a["usage"]["completion_tokens"] for a in answers)
-    return {"tokens_per_s": tokens / wall, "tokens": tokens, "wall_s": wall}
-
-
-def measure_ttft(url: str, s: Settings) -> dict[str, float]:
-    firsts, wholes = [], []
-    with httpx.Client(base_url=url, timeout=600) as client:
-        for n in range(s.ttft_requests + 1):
-            body = {
-                "prompt": f"Once, {n}",
-                "max_tokens": s.ttft_tokens,
-                "min_tokens": s.ttft_tokens,
-                "temperature": 0,
-                "stream": True,
-            }
-            started = time.perf_counter()
-            first = None
-            with client.stream("POST", "/v1/completions", json=body) as response:
-                for line in response.iter_lines():
-                    if first is None and line.startswith("data: {"):
-                        first = time.perf_counter() - started
-            if n:  # the first one warms up
-                firsts.append(first or 0.0)
-                wholes.append(time.perf_counter() - started)
-    ttft, full = statistics.median(firsts), statistics.median(wholes)
-    return {"ttft_s": ttft, "full_s": full, "ttft_share": ttft / full}
-
-
-def measure_hops(url: str, engine: Any, s: Settings) -> dict[str, float]:
-    """One-token generation: in this process, through a DeploymentHandle, over HTTP (medians, ms)."""
-    from ray import serve
-
-    from deployments.text import TextRequest
-
-    request = TextRequest(prompt="Hello", max_tokens=1, temperature=0)
-    handle = serve.get_deployment_handle("text", app_name=APP)
-
-    def timed(call: Any) -> float:
-        call()  # warm-up
-        samples = []
-        for _ in range(s.hop_calls):
-            started = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - started) * 1000)
-        return statistics.median(samples)
-
-    body = {"prompt": "Hello", "max_tokens": 1, "temperature": 0}
-    with httpx.Client(base_url=url, timeout=60) as client:
-        direct = timed(lambda: engine.generate(request))
-        through_handle = timed(lambda: handle.generate.remote(request).result())
-        bare_handle = timed(lambda: handle.describe.remote().result())  # the hop alone: no model, no batching
-        over_http = timed(lambda: client.post("/v1/completions", json=body).raise_for_status())
-    return {
-        "direct_ms": direct,
-        "handle_ms": through_handle,
-        "http_ms": over_http,
-        "handle_hop_ms": through_handle - direct,
-        "bare_handle_ms": bare_handle,
-        "http_over_handle_ms": over_http - through_handle,
-    }
-
-
-def measure_ceiling(engine: Any, s: Settings, batch: int = 16) -> dict[str, float]:
-    """The same model's best in-process batched ``generate`` on this machine: the serving layer's ceiling."""
-    from deployments.text import TextRequest
-
-    prepared = lambda: [  # noqa: E731
-        engine.prepare(
-            TextRequest(prompt=f"Chapter {n}:", max_tokens=s.token_max, min_tokens=s.token_max, temperature=0)
-        )
-        for n in range(batch)
-    ]
-    engine.run_batch(prepared()[:2])  # warm-up
-    started, tokens = time.perf_counter(), 0
-    for _ in range(max(1, s.token_requests // batch)):
-        tokens += sum(r.completion_tokens for r in engine.run_batch(prepared()))
-    return {"tokens_per_s": tokens / (time.perf_counter() - started)}
-
-
 # --- the run ----------------------------------------------------------------------------------------------
 def start_ray() -> str:
     import ray
@@ -354,7 +250,6 @@ def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
     import ray
     from ray import serve
 
-    from deployments.text import TextConfig, TextGenerator
     from scripts.build_tiny_models import ensure_tiny_models
     from scripts.serve_local import free_port, session_config, wait_healthy
 
@@ -385,8 +280,6 @@ def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
 
             with MemorySampler(processes) as app_mem:
                 out["pipeline"] = {"app": measure_pipeline(url, settings)}
-                out["tokens_c16"] = {"batched": measure_tokens(url, settings)}
-                out["streaming"] = measure_ttft(url, settings)
             with MemorySampler(baseline_proc) as base_mem:
                 out["pipeline"]["baseline"] = measure_pipeline(base_url, settings)
             out["memory_under_load"] = {
@@ -397,30 +290,6 @@ def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
             baseline.terminate()
             baseline.wait(30)
             baseline = None
-
-            text_cfg = TextConfig.model_validate(
-                next(d for d in config["applications"][0]["deployments"] if d["name"] == "text")["user_config"]
-            )
-            os.environ["CONTENT_STUDIO_ROOT"] = str(folder)
-            engine = TextGenerator(text_cfg)  # the same model, in this process
-            out["serving_ceiling"] = measure_ceiling(engine, settings)
-            # Handle and HTTP hops without a batch wait (a lone request would otherwise wait for company).
-            deploy(
-                with_text_batching(config, max_batch_size=8, batch_wait_timeout_s=0.0),
-                dashboard,
-                folder,
-                "nowait",
-            )
-            time.sleep(3)
-            out["hops"] = measure_hops(url, engine, settings)
-            deploy(
-                with_text_batching(config, max_batch_size=1, batch_wait_timeout_s=0.0),
-                dashboard,
-                folder,
-                "nobatch",
-            )
-            time.sleep(3)
-            out["tokens_c16"]["unbatched"] = measure_tokens(url, settings)
         finally:
             if baseline is not None:
                 baseline.terminate()
@@ -446,14 +315,10 @@ def machine() -> dict[str, Any]:
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float]:
-    p, t = r["pipeline"], r["tokens_c16"]
+    p = r["pipeline"]
     return {
         "throughput_vs_baseline": p["app"]["throughput_c8_rps"] / p["baseline"]["throughput_c8_rps"],
         "p50_vs_baseline": p["app"]["p50_s"] / p["baseline"]["p50_s"],
-        "batching_speedup": t["batched"]["tokens_per_s"] / t["unbatched"]["tokens_per_s"],
-        "ttft_share": r["streaming"]["ttft_share"],
-        "handle_hop_ms": r["hops"]["handle_hop_ms"],
-        "serving_efficiency": t["batched"]["tokens_per_s"] / r["serving_ceiling"]["tokens_per_s"],
         "app_pss_gb_under_load": r["memory_under_load"]["app_total"]["pss_gb"],
         "app_rss_gb_under_load": r["memory_under_load"]["app_total"]["rss_gb"],
     }
@@ -462,10 +327,6 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
 TARGETS = {  # name: (ratio, comparison, bound, profile it applies to)
     "pipeline throughput >= 1.5x baseline at c=8": ("throughput_vs_baseline", ">=", 1.5, "heavy"),
     "pipeline p50 <= 1.1x baseline at c=1": ("p50_vs_baseline", "<=", 1.1, "heavy"),
-    "batching >= 3x tokens/s at c=16": ("batching_speedup", ">=", 3.0, "heavy"),
-    "time to first token <= 15% of a 128-token completion": ("ttft_share", "<=", 0.15, "heavy"),
-    "<= 5 ms added per handle hop": ("handle_hop_ms", "<=", 5.0, "heavy"),
-    "serving efficiency >= 0.8": ("serving_efficiency", ">=", 0.8, "heavy"),
     "whole app < 6 GB resident (PSS, under load)": ("app_pss_gb_under_load", "<", 6.0, "local"),
 }
 
@@ -499,19 +360,6 @@ ROWS: list[tuple[str, list[str], str]] = [  # label, values (dotted paths), form
     ),
     ("throughput ratio, app / baseline", ["ratios.throughput_vs_baseline"], "{:.2f}x"),
     ("p50 ratio, app / baseline", ["ratios.p50_vs_baseline"], "{:.2f}x"),
-    (
-        "text tokens/s at c=16, batched / unbatched",
-        ["tokens_c16.batched.tokens_per_s", "tokens_c16.unbatched.tokens_per_s"],
-        "{:.0f}",
-    ),
-    ("batching speed-up", ["ratios.batching_speedup"], "{:.2f}x"),
-    ("in-process batched ceiling (tokens/s)", ["serving_ceiling.tokens_per_s"], "{:.0f}"),
-    ("serving efficiency (HTTP c=16 / ceiling)", ["ratios.serving_efficiency"], "{:.2f}"),
-    ("time to first token / whole completion (s)", ["streaming.ttft_s", "streaming.full_s"], "{:.3f}"),
-    ("time to first token share", ["ratios.ttft_share"], "{:.1%}"),
-    ("1-token call: direct / handle / HTTP (ms)", ["hops.direct_ms", "hops.handle_ms", "hops.http_ms"], "{:.1f}"),
-    ("added per handle hop (ms)", ["hops.handle_hop_ms"], "{:.1f}"),
-    ("a bare handle round trip, no model (ms)", ["hops.bare_handle_ms"], "{:.1f}"),
     ("cold start to all ready: app / baseline (s)", ["cold_start_s.app", "cold_start_s.baseline"], "{:.0f}"),
     (
         "memory at rest, app PSS / RSS (GB)",
@@ -555,12 +403,6 @@ PANELS = [  # title, unit, (label, path) of the two bars
         "req/s",
         ("app", "pipeline.app.throughput_c8_rps"),
         ("all-in-one", "pipeline.baseline.throughput_c8_rps"),
-    ),
-    (
-        "text tokens/s at c=16",
-        "tokens/s",
-        ("batched", "tokens_c16.batched.tokens_per_s"),
-        ("unbatched", "tokens_c16.unbatched.tokens_per_s"),
     ),
 ]
 
@@ -607,6 +449,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=["local", "heavy", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="tiny settings: the smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-llm", action="store_true", help="skip the LLM serving benchmark (bench/llm.py)")
     args = parser.parse_args()
     settings = Settings.quick() if args.quick else Settings()
     profiles = ["local", "heavy"] if args.profile == "all" else [args.profile]
@@ -618,8 +461,18 @@ def main() -> None:
         (args.out / f"{profile}.json").write_text(json.dumps(result, indent=2))
         results.append(result)
     table = markdown(results)
-    (args.out / "summary.md").write_text(table)
     plots(results, args.out)
+    if not args.no_llm:
+        from bench import llm
+
+        print("== llm ==", file=sys.stderr, flush=True)
+        quick = args.quick
+        llm_profile = "local" if quick else "heavy"
+        result = llm.run(llm_profile, llm.LLMSettings.quick() if quick else llm.LLMSettings())
+        (args.out / f"llm-{llm_profile}.json").write_text(json.dumps(result, indent=2))
+        llm.plot(result, args.out)
+        table += "\n" + llm.markdown(result)
+    (args.out / "summary.md").write_text(table)
     print(table)
 
 

@@ -5,6 +5,8 @@
     content-studio like c0123... --user u1
     content-studio status
     content-studio models
+    content-studio library / show ID / feed --user u1
+    content-studio new-key --name ann --role user --user ann
 
 The server is `--url` or $CONTENT_STUDIO_URL (default http://127.0.0.1:8000); the API key, when the server wants
 one, is `--api-key` or $CONTENT_STUDIO_API_KEY.
@@ -201,6 +203,98 @@ def models(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
     for model in data:
         table.add_row(model["id"], model["service"])
     console.print(table)
+
+
+REASONS = {
+    "als": "because of what you liked",
+    "content": "like what you read",
+    "popular": "popular",
+    "fresh": "new",
+    "similar": "similar",
+}
+
+
+@app.command()
+def library(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100, help="How many, newest first.")] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many.")] = 0,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Content made so far, newest first."""
+    with _client(url, api_key, 60) as client:
+        page = _check(client.get("/v1/content", params={"limit": limit, "offset": offset}))
+    table = Table("id", "title", "status", "audio", "made")
+    for record in page["items"]:
+        title = (record.get("article") or {}).get("title") or record["topic"]
+        audio = f"{record['audio_duration_s']:.1f} s" if record.get("audio_duration_s") else "-"
+        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created_at"]))
+        table.add_row(record["id"], title, record["status"], audio, made)
+    console.print(table)
+    console.print(f"{offset + len(page['items'])} of {page['total']}")
+
+
+@app.command()
+def show(
+    content_id: Annotated[str, typer.Argument(help="A content id (from `library`).")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """One piece of content: its article, assets and related items."""
+    with _client(url, api_key, 60) as client:
+        record = _check(client.get(f"/v1/content/{content_id}"))
+        related = _check(client.get(f"/v1/items/{content_id}/similar", params={"k": 5}))["items"]
+    article = record.get("article") or {}
+    console.print(f"[bold]{article.get('title') or record['topic']}[/]  ({record['status']})")
+    console.print(article.get("body", ""))
+    for kind in ("image_url", "audio_url"):
+        if record.get(kind):
+            console.print(f"{kind.split('_')[0]}: {url.rstrip('/')}{record[kind]}")
+    for name, error in (record.get("errors") or {}).items():
+        console.print(f"[yellow]{name} missing:[/] {error}")
+    if related:
+        console.print("related: " + "; ".join(i.get("title") or i["item_id"] for i in related))
+
+
+@app.command()
+def feed(
+    user: Annotated[str, typer.Option("--user", help="Whose feed.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=100)] = 10,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """What the recommender picks for a user, with titles and why."""
+    with _client(url, api_key, 60) as client:
+        recs = _check(client.get("/v1/recommendations", params={"user_id": user, "k": k}))
+    table = Table("item", "title", "why")
+    for item in recs["items"]:
+        table.add_row(item["item_id"], item.get("title") or "-", REASONS.get(item["reason"], item["reason"]))
+    console.print(table)
+    console.print(f"model version {recs.get('model_version') or '-'}")
+
+
+@app.command("new-key")
+def new_key(
+    name: Annotated[str, typer.Option("--name", help="The key's name (in logs and metrics).")],
+    role: Annotated[str, typer.Option("--role", help="user, service or admin.")] = "user",
+    user: Annotated[str | None, typer.Option("--user", help="The user a `user` key acts as.")] = None,
+) -> None:
+    """Make an API key: prints the key once (give it to its owner) and the entry to add to the keys Secret
+    (its SHA-256, never the key)."""
+    import secrets
+
+    from pydantic import ValidationError
+
+    from graphs.access import ApiKeyEntry, hash_key
+
+    key = "cs-" + secrets.token_urlsafe(32)
+    try:
+        entry = ApiKeyEntry(name=name, role=role, user_id=user, sha256=hash_key(key))
+    except ValidationError as exc:
+        _fail(str(exc.errors()[0]["msg"]))
+    console.print(f"key (shown once): [bold]{key}[/]")
+    console.print("entry for the keys file / $CONTENT_STUDIO_API_KEYS:")
+    print(json.dumps(entry.model_dump(exclude_none=True)))
 
 
 def main() -> None:  # pragma: no cover - console script entry

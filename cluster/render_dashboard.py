@@ -135,7 +135,52 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         [("sum by (trigger) (increase(ray_content_studio_recommender_retrains_total[1h]))", "{{trigger}}")],
     ),
     (
-        "Dynamic batch size (p50, p95)",
+        "Text engine: requests per step (p50, p95)",
+        "short",
+        [
+            (
+                "histogram_quantile(0.5, sum by (le, model) "
+                "(rate(ray_content_studio_engine_step_requests_bucket[5m])))",
+                "p50 {{model}}",
+            ),
+            (
+                "histogram_quantile(0.95, sum by (le, model) "
+                "(rate(ray_content_studio_engine_step_requests_bucket[5m])))",
+                "p95 {{model}}",
+            ),
+        ],
+    ),
+    (
+        "Text engine: running, waiting",
+        "short",
+        [
+            ("sum by (model) (ray_content_studio_engine_running)", "running {{model}}"),
+            ("sum by (model) (ray_content_studio_engine_waiting)", "waiting {{model}}"),
+        ],
+    ),
+    (
+        "Text engine: KV cache used",
+        "percentunit",
+        [("max by (model) (ray_content_studio_kv_cache_used)", "{{model}}")],
+    ),
+    (
+        "Time to first token (p50, p95)",
+        "s",
+        [
+            (
+                "histogram_quantile(0.5, sum by (le, model) "
+                "(rate(ray_content_studio_time_to_first_token_seconds_bucket[5m])))",
+                "p50 {{model}}",
+            ),
+            (
+                "histogram_quantile(0.95, sum by (le, model) "
+                "(rate(ray_content_studio_time_to_first_token_seconds_bucket[5m])))",
+                "p95 {{model}}",
+            ),
+        ],
+    ),
+    (
+        "Image batch size (p50, p95)",
         "short",
         [
             (

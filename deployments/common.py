@@ -7,22 +7,90 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 logger = logging.getLogger("content_studio")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ROOT_ENV = "CONTENT_STUDIO_ROOT"
 
+SEED_MAX = 2**53 - 1  # the largest integer JSON carries exactly (a float64 mantissa)
 DevicePreference = Literal["auto", "cpu", "cuda"]
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
 
 
-class StrictModel(BaseModel):
+def _json_kind(annotation: Any) -> Any:
+    """What JSON type a field takes, when it is a number or a boolean (or a list or map of them)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _json_kind(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _json_kind(members[0]) if len(members) == 1 else None
+    if origin is list:
+        inner = _json_kind(typing.get_args(annotation)[0])
+        return ("list", inner) if inner else None
+    if origin is dict:
+        inner = _json_kind(typing.get_args(annotation)[1])
+        return ("dict", inner) if inner else None
+    if annotation is bool:
+        return "bool"
+    if annotation in (int, float):
+        return "number"
+    return None
+
+
+def _json_type_error(kind: Any, value: Any) -> str | None:
+    """Why ``value`` is not what JSON calls a number (or a boolean), or None when it is."""
+    if value is None or kind is None:
+        return None
+    if kind == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == "number":
+        return "must be a number, not a string or a boolean" if isinstance(value, str | bytes | bool) else None
+    items = value if kind[0] == "list" and isinstance(value, list) else []
+    if kind[0] == "dict" and isinstance(value, dict):
+        items = list(value.values())
+    return next((e for e in (_json_type_error(kind[1], item) for item in items) if e), None)
+
+
+class JsonTyped:
+    """Mixin for pydantic models whose numbers and booleans come from JSON and must be typed as JSON types them:
+    pydantic's lax mode would take the string "5" for 5 (or "yes" for true), its strict mode would refuse 1.0 for
+    the integer 1 (which JSON Schema allows). Bounds stay pydantic's, so the JSON schema keeps them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_types(cls, data: Any) -> Any:
+        from pydantic import ValidationError
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        if not isinstance(data, dict):
+            return data
+        kinds = cls.__dict__.get("_json_kinds")
+        if kinds is None:
+            fields = cls.model_fields  # type: ignore[attr-defined]
+            kinds = {(f.alias or name): k for name, f in fields.items() if (k := _json_kind(f.annotation))}
+            cls._json_kinds = kinds  # type: ignore[attr-defined]
+        errors = [
+            InitErrorDetails(type=PydanticCustomError("json_type", message), loc=(key,), input=data[key])
+            for key, kind in kinds.items()
+            if key in data and (message := _json_type_error(kind, data[key]))
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
+
+
+class StrictModel(JsonTyped, BaseModel):
     """Base for configs and schemas: unknown fields are errors, so a typo in YAML or JSON is caught early."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -42,15 +110,6 @@ class FaultInjection(StrictModel):
 
 class InjectedFault(RuntimeError):
     """A failure asked for by ``faults`` in the service config."""
-
-
-class BatchingConfig(StrictModel):
-    """Dynamic batching (``@serve.batch``): requests that arrive together run as one model call."""
-
-    max_batch_size: int = Field(8, ge=1, le=256, description="Most requests in one batch; 1 turns batching off.")
-    batch_wait_timeout_s: float = Field(
-        0.01, ge=0.0, le=5.0, description="How long the first request of a batch waits for others to join."
-    )
 
 
 class ServiceConfig(StrictModel):
@@ -125,45 +184,6 @@ def project_path(path: str | Path) -> Path:
     return candidate if candidate.is_absolute() else project_root() / candidate
 
 
-def resolve_database_url(url: str) -> str:
-    """Anchor a relative SQLite path at the project root (like model folders) and create its folder."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url in ("sqlite:///:memory:", "sqlite://"):
-        return url
-    path = project_path(url[len(prefix) :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return prefix + str(path)
-
-
-def create_sql_engine(url: str) -> Any:
-    """A SQLAlchemy engine; SQLite gets WAL mode so readers on other replicas never block a writer."""
-    import sqlalchemy as sa
-
-    resolved = resolve_database_url(url)
-    sqlite = resolved.startswith("sqlite")
-    engine = sa.create_engine(resolved, connect_args={"timeout": 30} if sqlite else {})
-    if sqlite:
-
-        @sa.event.listens_for(engine, "connect")
-        def _wal(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-
-    return engine
-
-
-def create_tables(metadata: Any, engine: Any) -> None:
-    """``create_all`` that tolerates another replica creating the same tables at the same moment."""
-    import sqlalchemy as sa
-
-    for attempt in range(3):
-        try:
-            metadata.create_all(engine)
-            return
-        except sa.exc.OperationalError as exc:  # "table ... already exists": lost the race, check again
-            if "already exists" not in str(exc) or attempt == 2:
-                raise
-
-
 def resolve_model_source(source: str) -> str:
     """Return a local folder for ``source`` when one exists, else ``source`` unchanged (a hub id or model name).
 
@@ -225,7 +245,19 @@ def _ray_context() -> tuple[list[str], dict[str, float], str | None, str | None]
 
 
 def resolve_placement(preference: DevicePreference = "auto") -> Placement:
-    """Pick the torch device from what Ray assigned, and size torch's thread pool to the replica's CPU share."""
+    """Pick the torch device from what Ray assigned, and size torch's thread pool to the replica's CPU share.
+    A CPU-only service without torch (the recommender) does not import it: that alone took seconds of a
+    replacement replica's start."""
+    if preference == "cpu" and "torch" not in sys.modules:
+        gpu_ids, resources, node_id, replica = _ray_context()
+        return Placement(
+            device="cpu",
+            gpu_ids=gpu_ids,
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            num_cpus=resources.get("CPU"),
+            node_id=node_id,
+            replica=replica,
+        )
     import torch
 
     gpu_ids, resources, node_id, replica = _ray_context()

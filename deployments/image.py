@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from ray import serve
 
+from deployments.batching import BatchedMethods, BatchingConfig, in_serve_replica
 from deployments.common import (
-    BatchingConfig,
+    SEED_MAX,
     Narrative,
     RequestError,
     ServiceConfig,
@@ -67,18 +68,10 @@ class ImageOptions(StrictModel):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     steps: int | None = Field(None, ge=1, le=150)
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
-    width: int | None = Field(None, ge=8, le=MAX_SIDE)
-    height: int | None = Field(None, ge=8, le=MAX_SIDE)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    width: int | None = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="A multiple of 8 (the VAE's step).")
+    height: int | None = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="A multiple of 8.")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     n: int = Field(1, ge=1, le=8)
-
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_8(cls, value: int | None) -> int | None:
-        # The VAE downsamples by 8; diffusers rejects other sizes deep inside the pipeline.
-        if value is not None and value % 8:
-            raise ValueError("must be a multiple of 8")
-        return value
 
 
 class ImageRequest(ImageOptions):
@@ -116,6 +109,9 @@ class ImageGenerator:
 
     def apply_config(self, config: ImageConfig) -> None:
         self.config = config
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -244,31 +240,34 @@ def _png(image: Any) -> bytes:
 
 
 @serve.deployment(name="image")
-class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
+class ImageDeployment(BatchedMethods, ModelReplica[ImageConfig, ImageGenerator]):
     service: ClassVar[str] = "image"
     config_cls = ImageConfig
     reload_fields = frozenset({"model", "device", "dtype", "variant"})
     batched_methods = ("_render_batch",)
 
-    def build_engine(self, config: ImageConfig) -> ImageGenerator:
+    def load_model(self, config: ImageConfig) -> ImageGenerator:
         return ImageGenerator(config)
+
+    def configured(self, config: ImageConfig) -> None:
+        self.configure_batching(config.batching)
 
     def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
         if isinstance(result, ImageResult):
             telemetry.count("content_studio_images_generated", len(result.images), model=result.model)
             telemetry.observe("content_studio_image_seconds", seconds, model=result.model)
 
-    def batch_runner(self, engine: ImageGenerator) -> Callable[..., list[ImageResult]]:
-        return lambda jobs, *_: engine.render(jobs)  # images have no per-row callbacks
+    def batch_runner(self, model: ImageGenerator) -> Callable[..., list[ImageResult]]:
+        return lambda jobs, *_: model.render(jobs)  # images have no per-row callbacks
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _render_batch(self, jobs: list[ImageJob]) -> list[ImageResult]:
-        return await self.coalescer.submit(jobs)
+        return await self.coalescer_for(self.model).submit(jobs)
 
     async def _render(self, request: ImageRequest) -> ImageResult:
-        job = self.engine.prepare(request)
-        if not self.in_serve:  # @serve.batch needs a replica; plain tests go straight to the model
-            return (await self.coalescer.submit([job]))[0]
+        job = self.model.prepare(request)
+        if not in_serve_replica():  # @serve.batch needs a replica; plain tests go straight to the model
+            return (await self.coalescer_for(self.model).submit([job]))[0]
         return await self._render_batch(job)
 
     async def generate(self, request: ImageRequest) -> ImageResult:
@@ -276,6 +275,6 @@ class ImageDeployment(ModelReplica[ImageConfig, ImageGenerator]):
 
     async def illustrate(self, narrative: Narrative, options: ImageOptions, style: str | None = None) -> ImageResult:
         """An image for a titled text (the content pipeline passes the text service's response straight in)."""
-        prompt = illustration_prompt(self.engine.config, narrative, style)
+        prompt = illustration_prompt(self.model.config, narrative, style)
         request = ImageRequest(prompt=prompt, **options.model_dump())
         return await self.measure("generate", (request,), lambda: self._render(request))

@@ -20,14 +20,14 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    kind: Literal["counter", "histogram"]
+    kind: Literal["counter", "histogram", "gauge"]
     description: str
     tags: tuple[str, ...]
     buckets: tuple[float, ...] = ()
 
     def exported_name(self, name: str) -> str:
         """The series name Prometheus sees (Ray's prefix, the counter suffix)."""
-        return f"ray_{name}_total" if self.kind == "counter" else f"ray_{name}_bucket"
+        return {"counter": f"ray_{name}_total", "histogram": f"ray_{name}_bucket"}.get(self.kind, f"ray_{name}")
 
 
 SPECS: dict[str, MetricSpec] = {
@@ -63,6 +63,18 @@ SPECS: dict[str, MetricSpec] = {
     "content_studio_batch_size": MetricSpec(
         "histogram", "Requests served together by one dynamic batch.", ("service",), (1, 2, 4, 8, 16, 32, 64, 128)
     ),
+    "content_studio_engine_step_requests": MetricSpec(
+        "histogram",
+        "Requests in one step of the text engine's continuous batch.",
+        ("model",),
+        (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    ),
+    "content_studio_engine_running": MetricSpec("gauge", "Requests in the text engine's running batch.", ("model",)),
+    "content_studio_engine_waiting": MetricSpec("gauge", "Requests waiting for a place in the batch.", ("model",)),
+    "content_studio_kv_cache_used": MetricSpec("gauge", "Share of the paged KV cache in use (0 to 1).", ("model",)),
+    "content_studio_time_to_first_token_seconds": MetricSpec(
+        "histogram", "Time from a generation's start to its first token.", ("model",), tuple(LATENCY_BUCKETS)
+    ),
     "content_studio_experiment_requests": MetricSpec(
         "counter", "Requests routed by an experiment, by variant and outcome.", ("experiment", "variant", "outcome")
     ),
@@ -97,6 +109,8 @@ class Telemetry:
                     for name, spec in SPECS.items():
                         if spec.kind == "counter":
                             made[name] = metrics.Counter(name, spec.description, tag_keys=spec.tags)
+                        elif spec.kind == "gauge":
+                            made[name] = metrics.Gauge(name, spec.description, tag_keys=spec.tags)
                         else:
                             made[name] = metrics.Histogram(
                                 name, spec.description, boundaries=list(spec.buckets), tag_keys=spec.tags
@@ -115,6 +129,11 @@ class Telemetry:
         metrics = self._get()
         if metrics is not None:
             self._metric(metrics, name).observe(value, tags={k: str(v) for k, v in tags.items()})
+
+    def set(self, name: str, value: float, **tags: str) -> None:
+        metrics = self._get()
+        if metrics is not None:
+            self._metric(metrics, name).set(value, tags={k: str(v) for k, v in tags.items()})
 
     @staticmethod
     def _metric(metrics: dict[str, Any], name: str) -> Any:

@@ -12,6 +12,7 @@ from pydantic import Field
 from ray import serve
 
 from deployments.common import (
+    SEED_MAX,
     Narrative,
     RequestError,
     ServiceConfig,
@@ -53,7 +54,7 @@ class VoiceOptions(StrictModel):
     voice: str | None = Field(None, max_length=128, description="Speaker (or alias); default from config.")
     language: str | None = Field(None, max_length=32)
     response_format: AudioFormat = "wav"
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
 
 
 class VoiceRequest(VoiceOptions):
@@ -123,6 +124,9 @@ class VoiceSynthesizer:
         self.speakers: list[str] = list(self.tts.speakers or []) if self.tts.is_multi_speaker else []
         self.languages: list[str] = list(self.tts.languages or []) if self.tts.is_multi_lingual else []
         self.apply_config(config)
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
 
     def apply_config(self, config: VoiceConfig) -> None:
         if self.speakers:
@@ -220,7 +224,7 @@ class VoiceDeployment(ModelReplica[VoiceConfig, VoiceSynthesizer]):
     service: ClassVar[str] = "voice"
     config_cls = VoiceConfig
 
-    def build_engine(self, config: VoiceConfig) -> VoiceSynthesizer:
+    def load_model(self, config: VoiceConfig) -> VoiceSynthesizer:
         return VoiceSynthesizer(config)
 
     def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
@@ -228,10 +232,10 @@ class VoiceDeployment(ModelReplica[VoiceConfig, VoiceSynthesizer]):
             telemetry.count("content_studio_audio_seconds_synthesized", result.duration_s, model=result.model)
 
     async def synthesize(self, request: VoiceRequest) -> VoiceResult:
-        return await self.run(self.engine.synthesize, request)
+        return await self.run(self.model.synthesize, request)
 
     async def narrate(self, narrative: Narrative, options: VoiceOptions) -> VoiceResult:
         """Read a titled text aloud (the content pipeline passes the text service's response straight in)."""
-        engine = self.engine
-        text = narration_text(narrative, engine.config.max_input_chars)
-        return await self.run(engine.synthesize, VoiceRequest(input=text, **options.model_dump()))
+        model = self.model
+        text = narration_text(narrative, model.config.max_input_chars)
+        return await self.run(model.synthesize, VoiceRequest(input=text, **options.model_dump()))

@@ -1,74 +1,230 @@
-"""Who may call, from where, and how much they may send: API keys, CORS and a request body limit.
+"""Who may call, in whose name, from where, and how much they may send: API keys with roles, CORS, a body limit.
 
-A plain ASGI middleware in front of the ingress's FastAPI app. Its settings live in an ``AccessPolicy`` that the
-ingress replaces on ``reconfigure``, so keys, origins and limits change in place with ``serve deploy``.
-Keys come from the ingress config or the ``CONTENT_STUDIO_API_KEYS`` environment variable (comma-separated) and
-are compared in constant time; they are never logged or echoed.
+- Keys carry a role: ``user`` (bound to one user id: whatever a request says, its events, recommendations and
+  content are recorded under that id), ``service`` (a backend that acts for any user) or ``admin`` (may change
+  the system: retrain the recommender). Only their SHA-256 hashes are stored: in the ingress config (hashes,
+  never keys in clear), in ``$CONTENT_STUDIO_API_KEYS`` (JSON, from a Kubernetes Secret) or in a file mounted from
+  a Secret (``keys_file``, re-read when it changes, so keys rotate without a restart).
+- Without keys the ingress refuses to start unless ``anonymous: true`` (the local profile, bound to 127.0.0.1):
+  production fails closed.
+- A plain ASGI middleware in front of the app applies the policy the ingress holds (``policy()``), so keys,
+  origins and limits change in place with ``serve deploy``.
 """
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, model_validator
 
 from deployments.common import StrictModel
+from deployments.recommend import ID_PATTERN
 
 API_KEYS_ENV = "CONTENT_STUDIO_API_KEYS"
+UNLIMITED = ("/v1/health",)  # probes are never rate limited
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Role = Literal["user", "service", "admin"]
+logger = logging.getLogger("content_studio.access")
+
+
+class ApiKeyEntry(StrictModel):
+    """One API key: its name (in logs and metrics), its role, and the SHA-256 of the key (never the key)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    role: Role
+    user_id: str | None = Field(None, pattern=ID_PATTERN, description="The user a `user` key acts as.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hashlib.sha256(key).hexdigest()")
+
+    @model_validator(mode="after")
+    def _user_keys_have_a_user(self) -> ApiKeyEntry:
+        if self.role == "user" and not self.user_id:
+            raise ValueError("a `user` key must name its `user_id`")
+        return self
+
+
+class RoleLimits(StrictModel):
+    """What one key of a role may use per minute (null: no limit)."""
+
+    requests_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    tokens_per_minute: int | None = Field(None, ge=1, le=1_000_000_000, description="Generated tokens.")
+    images_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    audio_seconds_per_minute: float | None = Field(None, gt=0, le=10_000_000, description="Synthesized audio.")
+
+
+class LimitsConfig(StrictModel):
+    """Rate limits and quotas per key, by role; anonymous callers (open mode) are counted per client address."""
+
+    user: RoleLimits = Field(
+        default_factory=lambda: RoleLimits(
+            requests_per_minute=120, tokens_per_minute=20_000, images_per_minute=20, audio_seconds_per_minute=600
+        )
+    )
+    service: RoleLimits = Field(
+        default_factory=lambda: RoleLimits(
+            requests_per_minute=6000,
+            tokens_per_minute=2_000_000,
+            images_per_minute=1000,
+            audio_seconds_per_minute=36000,
+        )
+    )
+    admin: RoleLimits = Field(default_factory=RoleLimits)
+    anonymous: RoleLimits = Field(default_factory=RoleLimits)
+    redis_url: str | None = Field(
+        None,
+        description="Redis holding the counters shared by every ingress replica (`env:NAME` for a secret URL); "
+        "null, or Redis unreachable: each replica counts on its own (it says so in /v1/health).",
+    )
+
+    def of(self, role: str) -> RoleLimits:
+        return getattr(self, role)
 
 
 class AccessConfig(StrictModel):
     """Access settings of the ingress (part of its ``user_config``)."""
 
-    api_keys: list[SecretStr] = Field(
-        default_factory=list,
-        description=f"Bearer tokens accepted on /v1/*. Empty, and ${API_KEYS_ENV} unset: no key needed.",
+    keys: list[ApiKeyEntry] = Field(default_factory=list, description="API keys by hash (never in clear).")
+    keys_file: str | None = Field(
+        None, description="A JSON list of key entries, e.g. mounted from a Kubernetes Secret; re-read when changed."
+    )
+    anonymous: bool = Field(
+        False,
+        description="Serve without keys. For a laptop on 127.0.0.1 only: without keys and without this, the "
+        "ingress refuses to start.",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000, description="Larger request bodies get 413.")
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call from a browser; empty: CORS closed. `*`: any."
     )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Rate limits and quotas per key.")
+
+
+class NoKeys(RuntimeError):
+    """Production fails closed: no API key is configured and anonymous access was not asked for."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key's name and role (or ``anonymous``), and the user a ``user`` key acts as."""
+
+    name: str
+    role: str  # user | service | admin | anonymous
+    user_id: str | None = None
+
+    def user(self, requested: str | None) -> str | None:
+        """The user a request is recorded under: a ``user`` key's own, whatever the request says."""
+        return self.user_id if self.role == "user" else requested
+
+    @property
+    def counter(self) -> str:
+        return f"{self.role}:{self.name}"
+
+
+ANONYMOUS = Principal(name="anonymous", role="anonymous")
+
+
+def load_entries(config: AccessConfig, with_file: bool = True) -> list[ApiKeyEntry]:
+    """Every key entry: the config's, the environment's (JSON), the keys file's."""
+    entries = list(config.keys)
+    raw = os.environ.get(API_KEYS_ENV, "").strip()
+    if raw:
+        entries += [ApiKeyEntry.model_validate(e) for e in json.loads(raw)]
+    if config.keys_file and with_file:
+        path = Path(config.keys_file)
+        if path.exists():
+            entries += [ApiKeyEntry.model_validate(e) for e in json.loads(path.read_text() or "[]")]
+    return entries
 
 
 @dataclass
 class AccessPolicy:
-    keys: list[bytes] = field(default_factory=list)
+    entries: list[ApiKeyEntry] = field(default_factory=list)
+    anonymous: bool = True
     max_body_bytes: int = 1_000_000
     cors_origins: list[str] = field(default_factory=list)
+    keys_file: str | None = None
+    fixed_entries: list[ApiKeyEntry] = field(default_factory=list)  # from the config and the environment
+    _by_hash: dict[str, ApiKeyEntry] = field(default_factory=dict)
+    _file_stamp: float | None = None
+
+    @classmethod
+    def closed(cls) -> AccessPolicy:
+        """No key opens it: what an ingress holds before its config arrives."""
+        return cls([], anonymous=False)
 
     @classmethod
     def from_config(cls, config: AccessConfig) -> AccessPolicy:
-        keys = [k.get_secret_value() for k in config.api_keys]
-        keys += [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
-        return cls([k.encode() for k in keys], config.max_body_bytes, list(config.cors_origins))
+        entries = load_entries(config)
+        if not entries and not config.anonymous:
+            raise NoKeys(
+                "no API key is configured (access.keys, $CONTENT_STUDIO_API_KEYS or access.keys_file) and "
+                "access.anonymous is not true: refusing to serve without keys"
+            )
+        policy = cls(entries, not entries, config.max_body_bytes, list(config.cors_origins), config.keys_file)
+        policy.fixed_entries = load_entries(config, with_file=False)
+        policy._index()
+        return policy
 
-    def key_ok(self, authorization: str | None) -> bool:
-        if not self.keys:
-            return True
+    def _index(self) -> None:
+        self._by_hash = {e.sha256: e for e in self.entries}
+        if self.keys_file and Path(self.keys_file).exists():
+            self._file_stamp = Path(self.keys_file).stat().st_mtime
+
+    def _reload_file(self) -> None:
+        """Keys rotate by editing the mounted Secret: a changed file is read again."""
+        if not self.keys_file:
+            return
+        path = Path(self.keys_file)
+        stamp = path.stat().st_mtime if path.exists() else None
+        if stamp != self._file_stamp:
+            try:
+                from_file = [ApiKeyEntry.model_validate(e) for e in json.loads(path.read_text() or "[]")]
+            except (ValueError, OSError):
+                logger.exception("the keys file %s cannot be read; keeping the keys in force", path)
+                return
+            self.entries = [*self.fixed_entries, *from_file]  # the config's and environment's keys stay
+            self._index()
+            logger.info("API keys reloaded from %s: %d keys", path, len(self.entries))
+
+    def authenticate(self, authorization: str | None, client: str | None = None) -> Principal | None:
+        """The caller of a request, or None when a key is required and this one is missing or wrong."""
+        if self.anonymous:
+            return Principal(name=client or "anonymous", role="anonymous")
+        self._reload_file()
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        given = token.strip().encode()
-        return any(hmac.compare_digest(given, key) for key in self.keys)
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        entry = self._by_hash.get(hash_key(token.strip()))
+        return Principal(entry.name, entry.role, entry.user_id) if entry else None
 
     def origin_allowed(self, origin: str) -> bool:
         return "*" in self.cors_origins or origin in self.cors_origins
 
 
 class AccessMiddleware:
-    """Applies the current ``AccessPolicy`` (read through ``policy()`` on every request)."""
+    """Applies the current ``AccessPolicy`` (read through ``policy()`` on every request); the caller lands in
+    ``request.state.principal`` for the routes."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], policy: Callable[[], AccessPolicy]) -> None:
-        self.app, self.policy = app, policy
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        policy: Callable[[], AccessPolicy],
+        limiter: Callable[[], Any] | None = None,
+    ) -> None:
+        self.app, self.policy, self.limiter = app, policy, limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,7 +238,9 @@ class AccessMiddleware:
             await self._preflight(send, origin if cors else None, headers)
             return
         send = self._with_cors(send, origin) if cors and origin else send
-        if scope["path"].startswith("/v1/") and not policy.key_ok(headers.get("authorization")):
+        client = scope.get("client")
+        principal = policy.authenticate(headers.get("authorization"), client[0] if client else None)
+        if scope["path"].startswith("/v1/") and principal is None:
             await _error(
                 send,
                 401,
@@ -91,10 +249,21 @@ class AccessMiddleware:
                 {"WWW-Authenticate": 'Bearer realm="content-studio"'},
             )
             return
+        principal = principal or ANONYMOUS
+        scope.setdefault("state", {})["principal"] = principal
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > policy.max_body_bytes:
             await _error(send, 413, f"the request body is larger than {policy.max_body_bytes} bytes", "body")
             return
+        limiter = self.limiter() if self.limiter is not None else None
+        if limiter is not None and scope["path"].startswith("/v1/") and scope["path"] not in UNLIMITED:
+            from graphs.errors import ServiceError
+
+            try:
+                await limiter.admit(principal)
+            except ServiceError as exc:  # over the key's rate limit or quota
+                await _error(send, exc.status_code, exc.message, None, exc.headers, exc.kind)
+                return
         await self.app(scope, _limited(receive, policy.max_body_bytes), send)
 
     async def _preflight(self, send: Send, origin: str | None, headers: dict[str, str]) -> None:
@@ -146,8 +315,15 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
-async def _error(send: Send, status: int, message: str, param: str, extra: dict[str, str] | None = None) -> None:
-    kind = {401: "authentication_error", 413: "request_too_large"}.get(status, "invalid_request_error")
+async def _error(
+    send: Send,
+    status: int,
+    message: str,
+    param: str | None,
+    extra: dict[str, str] | None = None,
+    kind: str | None = None,
+) -> None:
+    kind = kind or {401: "authentication_error", 413: "request_too_large"}.get(status, "invalid_request_error")
     body = json.dumps({"error": {"message": message, "type": kind, "param": param, "code": None}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]

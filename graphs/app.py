@@ -63,12 +63,16 @@ def _with_config(deployment: serve.Deployment, config: StrictModel | None) -> se
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """Build the content-studio application graph (DeploymentHandle composition)."""
-    parsed = AppArgs.model_validate(args or {})
-    text = _with_config(TextDeployment, parsed.text).bind()
+    return build_graph(AppArgs.model_validate(args or {}))
+
+
+def build_graph(parsed: AppArgs, text_deployment: serve.Deployment = TextDeployment) -> Application:
+    """The graph; ``text_deployment`` lets the benchmark serve its static baseline in the same app."""
+    text = _with_config(text_deployment, parsed.text).bind()
     image = _with_config(ImageDeployment, parsed.image).bind()
     voice = _with_config(VoiceDeployment, parsed.voice).bind()
     recommend = _with_config(RecommendDeployment, parsed.recommend).bind()
-    kinds = {"text": TextDeployment, "image": ImageDeployment, "voice": VoiceDeployment}
+    kinds = {"text": text_deployment, "image": ImageDeployment, "voice": VoiceDeployment}
     variants = {
         name: kinds[service].options(name=name).bind() for service, names in parsed.variants.items() for name in names
     }

@@ -1,4 +1,4 @@
-"""Calling a service through its handle: a timeout that always holds, and one retry when a replica died.
+"""Calling a service through its handle: a timeout that always holds, and resends when a replica died.
 
 A replica that dies mid-request (killed, out of memory, its node gone) fails the requests it held; Serve
 replaces it and routes new requests to live replicas, so a request that failed that way is sent again, within
@@ -14,25 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from graphs.errors import CallFailure, classify
+from graphs.errors import classify, replica_died
 
 logger = logging.getLogger("content_studio.calls")
-
-
-def replica_died(exc: BaseException) -> bool:
-    """The request was lost with its replica (not rejected): safe to send again when the call has no effects."""
-    from ray import exceptions as ray_exc
-
-    died = (ray_exc.RayActorError, ray_exc.ActorUnavailableError, ray_exc.WorkerCrashedError, ray_exc.NodeDiedError)
-    return isinstance(exc, died) or isinstance(getattr(exc, "cause", None), died)
-
-
-class CallError(Exception):
-    """A classified failure of a service call; ``original`` is what the service raised."""
-
-    def __init__(self, failure: CallFailure, original: BaseException) -> None:
-        super().__init__(failure.message)
-        self.failure, self.original = failure, original
 
 
 async def _await(response: Any) -> Any:
@@ -40,7 +24,8 @@ async def _await(response: Any) -> Any:
 
 
 async def call_service(make_call: Callable[[], Any], service: str, timeout: float, retries: int = 1) -> Any:
-    """Await ``make_call()`` (a DeploymentResponse) within ``timeout`` seconds in all, retrying lost requests."""
+    """Await ``make_call()`` (a DeploymentResponse) within ``timeout`` seconds in all, retrying lost requests;
+    failures are raised as ``ServiceError``."""
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
@@ -53,6 +38,9 @@ async def call_service(make_call: Callable[[], Any], service: str, timeout: floa
                 response.cancel()
             if attempt < retries and replica_died(exc) and deadline - time.monotonic() > 0:
                 attempt += 1
-                logger.warning("%s: a replica died with the request; sending it again", service)
+                logger.warning("%s: a replica died with the request; sending it again (%d)", service, attempt)
+                # Serve routes the resend to a live replica, or holds it until the replacement is ready; a short
+                # pause keeps a resend from meeting the dying replica again.
+                await asyncio.sleep(min(0.1 * 2**attempt, max(0.0, deadline - time.monotonic())))
                 continue
-            raise CallError(classify(exc, service, timeout), getattr(exc, "cause", None) or exc) from None
+            raise classify(exc, service, timeout) from None

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Bump when a recipe changes: an existing cache built by an older recipe is rebuilt.
-RECIPE_VERSION = "3"  # 2: the recommender seed carries item texts; 3: a text-b candidate
+RECIPE_VERSION = "4"  # 2: recommender item texts; 3: a text-b candidate; 4: the text model is trained on words
 SEED = 1234
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / ".cache" / "models" / "tiny"
 
-# A few sentences to train the byte-level BPE tokenizer on; enough to give it real merges.
+# A few sentences to train the image model's byte-level BPE tokenizer on; enough to give it real merges.
 CORPUS = [
     "Content Studio writes articles, paints pictures and reads them aloud.",
     "The lighthouse keeper watched the storm roll over the quiet harbour.",
@@ -34,6 +34,11 @@ CORPUS = [
     "Title: Ten ideas for a rainy weekend. Body: read a book, bake bread, call a friend.",
 ]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|unk|>"]
+CHAT_ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]  # atomic, never split or printed
+# The tiny text model's training: a seeded corpus (scripts/tiny_corpus.py), about 40 s on 2 CPU cores.
+TEXT_DOCUMENTS = 6000
+TEXT_TRAIN_STEPS = 200
+TEXT_B_STEPS = 100  # the A/B candidate is the same training stopped halfway: a real, weaker model version
 # A minimal chat template so that the chat path goes through ``apply_chat_template`` as with real models.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
@@ -55,21 +60,23 @@ def _seed_everything(seed: int = SEED) -> None:
     torch.manual_seed(seed)
 
 
-def build_tokenizer(out: Path):
-    """Train a byte-level BPE tokenizer locally and save it as a ``PreTrainedTokenizerFast``."""
+def build_tokenizer(out: Path, corpus: list[str] | None = None, vocab_size: int = 512, chat_roles: bool = False):
+    """Train a byte-level BPE tokenizer locally and save it as a ``PreTrainedTokenizerFast``. Every byte is in
+    its alphabet, so any text encodes (a character outside the corpus spans several byte tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    special = SPECIAL_TOKENS + (CHAT_ROLE_TOKENS if chat_roles else [])
     trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size,
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.train_from_iterator(corpus or CORPUS, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|endoftext|>",
@@ -78,6 +85,7 @@ def build_tokenizer(out: Path):
         pad_token="<|pad|>",
         model_max_length=256,
         padding_side="left",
+        additional_special_tokens=CHAT_ROLE_TOKENS if chat_roles else None,
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
@@ -85,14 +93,25 @@ def build_tokenizer(out: Path):
 
 
 def build_text(
-    out: Path, seed: int = SEED, n_embd: int = 64, n_layer: int = 2, n_head: int = 2, n_positions: int = 256
+    out: Path,
+    seed: int = SEED,
+    n_embd: int = 128,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_positions: int = 256,
+    train_steps: int = TEXT_TRAIN_STEPS,
+    checkpoints: dict[int, Path] | None = None,
 ) -> None:
-    """A GPT-2-architecture causal LM (138 k parameters by default) with the local tokenizer; another seed,
-    other weights; bigger sizes for the benchmark's heavier profile."""
+    """A GPT-2-architecture causal LM trained for ``train_steps`` on the seeded corpus, with a tokenizer trained on
+    the same corpus (so it writes words, not random bytes); ``train_steps=0`` keeps random weights (the benchmark's
+    heavier profile only needs realistic compute). ``checkpoints`` saves earlier steps as models of their own."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from scripts.tiny_corpus import corpus
+
     _seed_everything(seed)
-    tok = build_tokenizer(out)
+    documents = corpus(TEXT_DOCUMENTS, seed=seed)
+    tok = build_tokenizer(out, documents, vocab_size=1024, chat_roles=True)
     config = GPT2Config(
         vocab_size=len(tok),
         n_embd=n_embd,
@@ -105,7 +124,46 @@ def build_text(
     )
     model = GPT2LMHeadModel(config)
     model.generation_config.pad_token_id = tok.pad_token_id
+    if train_steps:
+        train_causal_lm(model, tok, documents, train_steps, seed, {s: (p, tok) for s, p in (checkpoints or {}).items()})
     model.save_pretrained(out)
+
+
+def train_causal_lm(model, tok, documents: list[str], steps: int, seed: int, checkpoints: dict[int, tuple]) -> None:
+    """Next-token training on random 128-token windows of the packed corpus (AdamW, warm-up, cosine decay)."""
+    import math
+
+    import torch
+
+    ids = torch.tensor([i for doc in documents for i in tok(doc)["input_ids"]])
+    window, batch = 128, 32
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    model.train()
+    try:
+        for step in range(1, steps + 1):
+            starts = torch.randint(0, len(ids) - window - 1, (batch,), generator=generator)
+            x = torch.stack([ids[s : s + window] for s in starts.tolist()])
+            loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            if step in checkpoints:
+                path, tokenizer = checkpoints[step]
+                model.eval()
+                model.save_pretrained(path)
+                tokenizer.save_pretrained(path)
+                model.train()
+    finally:
+        torch.set_num_threads(threads)
+        model.eval()
 
 
 def build_image(out: Path) -> None:
@@ -250,7 +308,7 @@ def build_recommend(out: Path) -> None:
     """ALS factors trained with implicit on the synthetic set, saved with the id maps, matrix and item texts."""
     import numpy as np
 
-    from deployments.recommend_model import save_model_dir
+    from deployments.recommend.model import save_model_dir
     from scripts.recs_data import item_text
 
     _seed_everything()
@@ -264,14 +322,13 @@ def build_recommend(out: Path) -> None:
     save_model_dir(out, model, matrix, user_ids, item_ids, item_texts=texts, meta={"source": "tiny seed"})
 
 
-def build_text_b(out: Path) -> None:
-    """The local profile's A/B candidate: the same architecture, other weights."""
-    build_text(out, seed=SEED + 1)
+def build_text_pair(out: Path) -> None:
+    """The text model and its A/B candidate (``text-b``: the same training stopped halfway), in one training run."""
+    build_text(out, checkpoints={TEXT_B_STEPS: out.with_name("text-b")})
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
-    "text": build_text,
-    "text-b": build_text_b,
+    "text": build_text_pair,
     "image": build_image,
     "voice": build_voice,
     "recommend": build_recommend,
@@ -279,21 +336,30 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 
 def _stamp() -> str:
-    source = Path(__file__).read_bytes()
+    source = Path(__file__).read_bytes() + Path(__file__).with_name("tiny_corpus.py").read_bytes()
     return hashlib.sha256(source + RECIPE_VERSION.encode()).hexdigest()[:16]
 
 
+def _current(folder: Path) -> bool:
+    stamp_file = folder / "BUILD_STAMP"
+    return stamp_file.exists() and stamp_file.read_text().strip() == _stamp()
+
+
 def ensure_tiny_models(out: Path = DEFAULT_OUT, force: bool = False) -> Path:
-    """Build the tiny models into ``out`` unless a build by this exact recipe is already there."""
+    """Build the tiny models into ``out`` unless a build by this exact recipe is already there; a current build in
+    the checkout's cache (``make models``) is copied instead of trained again."""
     out = Path(out)
-    stamp_file = out / "BUILD_STAMP"
-    if not force and stamp_file.exists() and stamp_file.read_text().strip() == _stamp():
+    if not force and _current(out):
         return out
     if out.exists():
         shutil.rmtree(out)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
+    if not force and out.resolve() != DEFAULT_OUT.resolve() and _current(DEFAULT_OUT):
+        shutil.copytree(DEFAULT_OUT, tmp)
+        tmp.rename(out)
+        return out
     for name, build in BUILDERS.items():
         started = time.perf_counter()
         build(tmp / name)

@@ -10,9 +10,9 @@ defaults and limits are identical; only the serving architecture differs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -48,11 +48,11 @@ def service_configs(path: Path) -> dict[str, dict[str, Any]]:
 def build(config_path: Path, data_dir: Path) -> FastAPI:
     from deployments.image import ImageConfig, ImageGenerator, ImageRequest, illustration_prompt
     from deployments.recommend import RecommendConfig, Recommender, RecommendRequest
-    from deployments.text import ArticleRequest, TextConfig, TextGenerator, TextRequest
+    from deployments.text import ArticleRequest, TextConfig, TextRequest, TextService
     from deployments.voice import VoiceConfig, VoiceRequest, VoiceSynthesizer, narration_text
 
     configs = service_configs(config_path)
-    text = TextGenerator(TextConfig.model_validate(configs["text"]))
+    text = TextService(TextConfig.model_validate(configs["text"]))
     image = ImageGenerator(ImageConfig.model_validate(configs["image"]))
     voice = VoiceSynthesizer(VoiceConfig.model_validate(configs["voice"]))
     recommend_cfg = {**configs["recommend"], "store_url": f"sqlite:///{data_dir}/recommend.db"}
@@ -61,27 +61,28 @@ def build(config_path: Path, data_dir: Path) -> FastAPI:
     assets = data_dir / "assets"
     assets.mkdir(parents=True, exist_ok=True)
     app = FastAPI(title="all-in-one baseline")
-    lock = threading.Lock()  # one pipeline at a time through the shared models, as a simple monolith runs
+    lock = asyncio.Lock()  # one pipeline at a time through the shared models, as a simple monolith runs
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.post("/v1/content")
-    def content(body: ContentIn) -> dict[str, Any]:
+    async def content(body: ContentIn) -> dict[str, Any]:
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        with lock:
-            article = text.write_article(ArticleRequest(topic=body.topic, seed=body.seed))
+        async with lock:
+            article = await text.write_article(ArticleRequest(topic=body.topic, seed=body.seed))
             timings["article"] = time.perf_counter() - started
             prompt = illustration_prompt(image.config, article)
-            picture = image.generate(ImageRequest(prompt=prompt, seed=body.seed))
+            picture = await asyncio.to_thread(image.generate, ImageRequest(prompt=prompt, seed=body.seed))
             timings["image"] = time.perf_counter() - started
-            speech = voice.synthesize(
-                VoiceRequest(input=narration_text(article, voice.config.max_input_chars), seed=body.seed)
-            )
+            narration = VoiceRequest(input=narration_text(article, voice.config.max_input_chars), seed=body.seed)
+            speech = await asyncio.to_thread(voice.synthesize, narration)
             timings["audio"] = time.perf_counter() - started
-            recs = recommender.recommend(RecommendRequest(user_id=body.user_id or "anonymous", k=5))
+            recs = await asyncio.to_thread(
+                recommender.recommend, RecommendRequest(user_id=body.user_id or "anonymous", k=5)
+            )
             timings["recommendations"] = time.perf_counter() - started
         content_id = "c" + uuid.uuid4().hex
         (assets / f"{content_id}.png").write_bytes(picture.images[0])
@@ -95,15 +96,11 @@ def build(config_path: Path, data_dir: Path) -> FastAPI:
         }
 
     @app.post("/v1/completions")
-    def completions(body: CompletionIn) -> dict[str, Any]:
-        result = text.generate(
-            TextRequest(
-                prompt=body.prompt,
-                max_tokens=body.max_tokens,
-                min_tokens=body.min_tokens,
-                temperature=body.temperature,
-            )
+    async def completions(body: CompletionIn) -> dict[str, Any]:
+        request = TextRequest(
+            prompt=body.prompt, max_tokens=body.max_tokens, min_tokens=body.min_tokens, temperature=body.temperature
         )
+        result = await text.generate(text.prepare(request))
         return {"choices": [{"text": result.text}], "usage": {"completion_tokens": result.completion_tokens}}
 
     return app

@@ -1,12 +1,17 @@
 """One Ray instance per test session, with the app deployed from ``configs/local.yaml`` as users deploy it.
 
-The config is deployed with the real ``serve deploy`` CLI against the session's own Ray dashboard. Two things
-differ from the file in the repo: a free HTTP port, and ``CONTENT_STUDIO_ROOT`` pointing at this session's
-tiny models and data, so tests neither collide with a running ``make run`` nor write into the checkout.
+The config is deployed with the real ``serve deploy`` CLI against the session's own Ray dashboard. What differs
+from the file in the repo: a free HTTP port; ``CONTENT_STUDIO_ROOT`` pointing at this session's tiny models and
+data, so tests neither collide with a running ``make run`` nor write into the checkout; and, where this machine
+runs them (it does, and so does CI), real servers: the catalog and the recommender's store each in a PostgreSQL
+database of its own (fresh names per session, dropped at the end), reached through a TCP proxy the tests can
+cut, their URLs given as secrets through the environment (``env:NAME``); and the head node's GCS state in Redis
+(Ray's GCS fault tolerance, under a namespace of this session's), so the GCS can be killed and brought back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -18,6 +23,7 @@ import pytest
 import yaml
 
 from scripts.serve_local import READY_TIMEOUT_S, free_port, serve_cli, session_config, wait_healthy
+from tests.conftest import REDIS_URL, redis_reachable
 
 ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["free_port", "serve_cli", "session_config", "wait_healthy"]  # tests import these from here
@@ -31,20 +37,29 @@ WORKERS = [{"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2, "num_gpus": 2}]
 
 
 def start_cluster() -> dict[str, Any]:
-    """Start the multi-node local cluster and connect this process to it as a driver."""
+    """Start the multi-node local cluster and connect this process to it as a driver. With Redis on the machine
+    the head's GCS keeps its state there (GCS fault tolerance), under a namespace of this session's."""
+    import uuid
+
     import ray
     from ray.cluster_utils import Cluster
 
+    namespace, gcs_env = None, {}
+    if redis_reachable() is None:
+        namespace = f"content-studio-test-{uuid.uuid4().hex[:8]}"
+        host_port = REDIS_URL.split("//", 1)[1].split("/", 1)[0]
+        gcs_env = {"RAY_REDIS_ADDRESS": host_port, "RAY_external_storage_namespace": namespace}
     dashboard_port = free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            **HEAD,
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": dashboard_port,
-        },
-    )
+    with environment(gcs_env):  # only the head reads them: another Ray started later (the bench) must not
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                **HEAD,
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": dashboard_port,
+            },
+        )
     workers = [cluster.add_node(**spec) for spec in WORKERS]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
@@ -54,7 +69,24 @@ def start_cluster() -> dict[str, Any]:
         "cluster": cluster,
         "head_node_id": cluster.head_node.node_id,
         "worker_node_ids": [w.node_id for w in workers],
+        "gcs_namespace": namespace,
+        "gcs_env": gcs_env,
     }
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set for the block only (and so for the processes it starts)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def stop_cluster(state: dict[str, Any]) -> None:
@@ -65,6 +97,11 @@ def stop_cluster(state: dict[str, Any]) -> None:
     serve.shutdown()
     ray.shutdown()
     state["cluster"].shutdown()
+    if state.get("gcs_namespace"):  # leave nothing of this session in the machine's Redis
+        from ray._private.gcs_utils import cleanup_redis_storage
+
+        host, port = state["gcs_env"]["RAY_REDIS_ADDRESS"].rsplit(":", 1)
+        cleanup_redis_storage(host, int(port), "", False, state["gcs_namespace"])
 
 
 @pytest.fixture(scope="session")
@@ -77,16 +114,56 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def deployed_app(ray_cluster: dict[str, Any], project_root: Path, tmp_path_factory) -> dict:
+def databases() -> Iterator[dict[str, Any]]:
+    """The session's databases: PostgreSQL behind a proxy the tests control when the machine runs it (the URLs
+    given to the app through the environment), else the local profile's SQLite files."""
+    from tests.conftest import PostgresDatabases, postgres_reachable
+    from tests.fakes.tcp_proxy import TcpProxy
+
+    why = postgres_reachable()
+    if why:
+        yield {"kind": "sqlite", "why_not_postgres": why, "env": {}}
+        return
+    created = PostgresDatabases()
+    catalog, recommend = created.create("catalog"), created.create("recommend")
+    proxy = TcpProxy("127.0.0.1", 5432)
+
+    def through_proxy(url: str) -> str:
+        return url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
+
+    env = {"CONTENT_STUDIO_CATALOG_URL": through_proxy(catalog), "CONTENT_STUDIO_STORE_URL": through_proxy(recommend)}
+    yield {"kind": "postgresql", "proxy": proxy, "direct": {"catalog": catalog, "recommend": recommend}, "env": env}
+    proxy.close()
+    created.drop_all()
+
+
+def use_databases(config: dict[str, Any], databases: dict[str, Any]) -> dict[str, Any]:
+    """Point the app's stores at the session's databases: ``env:`` URLs, the secrets in the app's environment."""
+    if databases["kind"] != "postgresql":
+        return config
+    for app in config["applications"]:
+        app["runtime_env"]["env_vars"].update(databases["env"])
+        for deployment in app["deployments"]:
+            user = deployment.get("user_config", {})
+            if deployment["name"] == "pipeline":
+                user["catalog_url"] = "env:CONTENT_STUDIO_CATALOG_URL"
+                user["relay"] = {"interval_s": 0.5, "retry_s": 0.5, "max_retry_s": 2.0, "claim_s": 5.0}
+            if deployment["name"] == "recommend":
+                user["store_url"] = "env:CONTENT_STUDIO_STORE_URL"
+    return config
+
+
+@pytest.fixture(scope="session")
+def deployed_app(ray_cluster: dict[str, Any], project_root: Path, databases: dict[str, Any], tmp_path_factory) -> dict:
     """The local profile deployed with ``serve deploy``; yields its URL, config and the dashboard address."""
     port = free_port()
-    config = session_config(ROOT / "configs" / "local.yaml", project_root, port)
+    config = use_databases(session_config(ROOT / "configs" / "local.yaml", project_root, port), databases)
     path = tmp_path_factory.mktemp("serve") / "local.yaml"
     path.write_text(yaml.safe_dump(config))
     serve_cli("deploy", str(path), dashboard=ray_cluster["dashboard"])
     url = f"http://127.0.0.1:{port}"
     health = wait_healthy(url)
-    return {"url": url, "config": config, "config_path": path, "health": health, **ray_cluster}
+    return {"url": url, "config": config, "config_path": path, "health": health, "databases": databases, **ray_cluster}
 
 
 @pytest.fixture(scope="session")
@@ -105,8 +182,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
-    # A test that stops the whole cluster goes last, so that every other test shares one Ray instance.
-    items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
+    # Tests that disturb the cluster go last (the GCS one, then the one that stops everything), so that every
+    # other test shares one Ray instance undisturbed.
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("restarts_cluster") is not None,
+            item.get_closest_marker("late") is not None,
+        )
+    )
 
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -149,4 +232,25 @@ def redeploy(deployed_app: dict, tmp_path_factory):
     yield apply
     if count:
         serve_cli("deploy", str(deployed_app["config_path"]), dashboard=deployed_app["dashboard"])
+        wait_rolled_out()  # the next test starts on the session's app, not in the middle of its rolling update
         wait_healthy(deployed_app["url"])
+
+
+def wait_rolled_out(timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait until every application is RUNNING with every deployment HEALTHY, three checks in a row (a rolling
+    update that has not started yet, or is between replicas, does not pass)."""
+    from ray import serve
+
+    time.sleep(2)  # let the controller take the new config
+    deadline, steady, last = time.monotonic() + timeout, 0, {}
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        last = {name: (a.status, {d: s.status for d, s in a.deployments.items()}) for name, a in apps.items()}
+        done = all(
+            a.status == "RUNNING" and all(d.status == "HEALTHY" for d in a.deployments.values()) for a in apps.values()
+        )
+        steady = steady + 1 if done else 0
+        if steady >= 3:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"the applications did not settle within {timeout}s: {last}")

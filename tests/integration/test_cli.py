@@ -63,3 +63,18 @@ def test_recommend_like_status_models(base_url: str) -> None:
     assert models.returncode == 0 and "tiny-gpt2" in models.stdout and "tiny-vits" in models.stdout
     unknown = run("like", "no-such-item", "--user", "cli-user", url=base_url)
     assert unknown.returncode == 1 and "404" in unknown.stderr
+
+
+def test_library_show_and_feed(base_url: str, tmp_path: Path) -> None:
+    made = run("create", "a harbour at night", "--out", str(tmp_path / "h"), "--user", "cli-reader", url=base_url)
+    assert made.returncode == 0, made.stderr
+    listed = run("library", "--limit", "5", url=base_url)
+    assert listed.returncode == 0
+    content_id = next(w for w in listed.stdout.split() if w.startswith("c") and len(w) == 33)
+    shown = run("show", content_id, url=base_url)
+    assert shown.returncode == 0 and "image: " in shown.stdout and "audio: " in shown.stdout
+    feed = run("feed", "--user", "cli-reader", "--k", "5", url=base_url)
+    assert feed.returncode == 0 and "model version" in feed.stdout
+    assert any(why in feed.stdout for why in ("because of what you liked", "like what you read", "popular", "new"))
+    missing = run("show", "c" + "0" * 32, url=base_url)
+    assert missing.returncode == 1 and "404" in missing.stderr

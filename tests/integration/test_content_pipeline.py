@@ -104,6 +104,8 @@ def degraded_config(base: dict, image_timeout_s: float, **deployment_changes: di
     app["name"], app["route_prefix"] = "degraded", "/degraded"
     for deployment in app["deployments"]:
         deployment.update(copy.deepcopy(deployment_changes.get(deployment["name"], {})))
+        if deployment["name"] == "ingress":  # every request on the text service under test, not a variant
+            deployment["user_config"].pop("experiments", None)
         if deployment["name"] == "pipeline":
             deployment["user_config"]["timeouts_s"]["image"] = image_timeout_s
     config["applications"].append(app)

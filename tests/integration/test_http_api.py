@@ -69,7 +69,7 @@ def test_recommendations_for_known_and_unknown_users(client: httpx.Client) -> No
     unknown = client.get("/v1/recommendations", params={"user_id": "visitor-42", "k": 3}).json()["items"]
     assert len(unknown) == 3 and {i["reason"] for i in unknown} <= {"popular", "fresh"}  # fresh: new content
     for item in known + unknown:
-        assert set(item) == {"item_id", "score", "reason"}
+        assert set(item) == {"item_id", "score", "reason", "title"}  # title: null for items registered without one
 
 
 def test_interactions_change_what_a_new_user_sees(client: httpx.Client) -> None:

@@ -22,14 +22,13 @@ def test_new_content_is_similar_and_recommended_before_any_interaction(client: h
     assert similar.status_code == 200, similar.text
     neighbours = similar.json()["items"]
     assert neighbours and all(item["score"] > 0 for item in neighbours)
-    assert (
-        sum(
-            int(i["item_id"].split("-")[1]) % N_COMMUNITIES == community
-            for i in neighbours
-            if i["item_id"].startswith("item-")
-        )
-        >= 3
-    )
+    # Among its seed-item neighbours (other generated contents may be near too: their bodies share the tiny
+    # model's words), the topic's community leads.
+    communities = [
+        int(i["item_id"].split("-")[1]) % N_COMMUNITIES for i in neighbours if i["item_id"].startswith("item-")
+    ]
+    counts = {c: communities.count(c) for c in set(communities)}
+    assert counts.get(community, 0) >= 2 and counts[community] == max(counts.values()), counts
 
     reached = []
     for user in range(community, N_USERS, N_COMMUNITIES):

@@ -123,20 +123,6 @@ def test_overload_gets_503_at_once_and_slowness_504_at_the_timeout(deployed_app:
             assert 1.4 < seconds < 4  # at the 1.5 s timeout, not when the model would have finished
 
 
-def test_api_keys_when_configured(client: httpx.Client, deployed_app: dict, redeploy) -> None:
-    config = copy.deepcopy(deployed_app["config"])
-    ingress = deployments_of(app_of(config))["ingress"]
-    ingress["user_config"] = {**ingress["user_config"], "access": {"api_keys": ["k-123"]}}
-    redeploy(config)
-    deadline = time.monotonic() + 60
-    while client.get("/v1/models").status_code != 401 and time.monotonic() < deadline:
-        time.sleep(0.5)  # the ingress applies its new config in place
-    denied = client.get("/v1/models")
-    assert denied.status_code == 401 and "k-123" not in denied.text
-    assert client.get("/v1/models", headers={"Authorization": "Bearer k-123"}).status_code == 200
-    assert client.get("/docs").status_code == 200  # the docs page needs no key
-
-
 def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, redeploy, tmp_path) -> None:
     """Two extra nodes offer a `spot` resource; text must run on one. Removing its node: requests fail fast or
     degrade while Serve restarts the replica on the other node, then succeed again. Nothing hangs."""
@@ -173,8 +159,14 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
         assert outcomes[-1][0] == 200, outcomes  # back, on the remaining spot node
         assert all(status in (200, 503, 504) for status, _ in outcomes), outcomes
         assert all(seconds < 15 for _, seconds in outcomes), outcomes  # each answered within its timeout
-        health = httpx.get(f"{url}/v1/health", timeout=30).json()["services"]["text"]
-        assert health["node_id"] != node
+        # The replacement answers; its description may lag a moment behind (health asks each service with a
+        # short timeout, and says "unavailable" meanwhile), so ask until it names its node.
+        health: dict = {}
+        deadline = time.monotonic() + 60
+        while "node_id" not in health and time.monotonic() < deadline:
+            health = httpx.get(f"{url}/v1/health", timeout=30).json()["services"]["text"]
+            time.sleep(0 if "node_id" in health else 1)
+        assert health.get("node_id") not in (None, node), health
     finally:
         for node in spot:
             if node in cluster.worker_nodes:

@@ -1,38 +1,35 @@
-"""Property-based requests generated from the app's own OpenAPI schema: no input may cause a server error.
-
-(Driven through Hypothesis directly: schemathesis' pytest plugin does not work with pytest 9 yet.)
-"""
+"""schemathesis with every check over the app's own OpenAPI schema: response schemas, status codes, content types,
+headers, schema-valid requests accepted, schema-invalid ones rejected, stateful links. The schema must tell the
+truth; the one allowance (a documented 400 where a limit depends on the loaded model) is in schemathesis.toml."""
 
 from __future__ import annotations
 
-import schemathesis
-from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error
+import subprocess
+import sys
+from pathlib import Path
 
-EXAMPLES_PER_OPERATION = 12
+ROOT = Path(__file__).resolve().parents[2]
+
+# One worker: schemathesis' workers are threads, and on CPython 3.11 two threads building ASTs at once (hypothesis
+# parses lambda sources to describe filtered strategies) share the interpreter's AST recursion counter and fail with
+# "SystemError: AST constructor recursion depth mismatch" (cf. python/cpython#106905).
+# CI hit it once as a schemathesis "Runtime Error" in the coverage phase.
 
 
-def test_no_input_causes_a_server_error(base_url: str) -> None:
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    failures: dict[str, str] = {}
-    checked = 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
-
-        @settings(
-            max_examples=EXAMPLES_PER_OPERATION,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(case=operation.as_strategy())
-        def check(case) -> None:
-            case.call_and_validate(base_url=base_url, checks=[not_a_server_error], timeout=120)
-
-        try:
-            check()
-        except Exception as exc:  # keep going: report every operation that fails
-            failures[operation.label] = str(exc)[:2000]
-        checked += 1
-    assert checked >= 15  # every route of the API was exercised
-    assert not failures, failures
+def test_schemathesis_with_every_check_finds_nothing(base_url: str) -> None:
+    cli = Path(sys.executable).with_name("schemathesis")
+    done = subprocess.run(
+        [
+            str(cli), "--no-color", "--config-file", str(ROOT / "schemathesis.toml"), "run",
+            f"{base_url}/openapi.json", "--checks", "all", "--max-examples", "10", "--workers", "1",
+            "--request-timeout", "130", "--seed", "20261129",
+        ],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=1200,
+    )  # fmt: skip
+    summary = done.stdout[-6000:]
+    tested = next(line for line in summary.splitlines() if line.strip().startswith("Tested:"))
+    assert int(tested.split(":")[1]) >= 23, summary  # every operation of the API was exercised
+    assert done.returncode == 0, summary

@@ -178,3 +178,34 @@ def test_node_groups_hold_the_production_config(groups) -> None:
         for d in PRODUCTION["deployments"]
     )
     assert sum(n.cpus * n.max_nodes for n in nodes) >= cpus_at_max
+
+
+def test_no_secret_is_written_in_the_serve_config_or_the_manifest() -> None:
+    """Store URLs are `env:NAME` in serve_config.yaml; the pods read them (and S3 and Redis credentials) from
+    Kubernetes Secrets."""
+    import re
+
+    serve_config = (ROOT / "serve_config.yaml").read_text()
+    manifest = (ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text()
+    for text in (serve_config, manifest):
+        assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text)  # no user:password@ anywhere
+    app = yaml.safe_load(serve_config)["applications"][0]
+    users = {d["name"]: d.get("user_config", {}) for d in app["deployments"]}
+    assert users["pipeline"]["catalog_url"].startswith("env:") and users["recommend"]["store_url"].startswith("env:")
+    rendered = yaml.safe_load(manifest)
+    wanted = {users["pipeline"]["catalog_url"][4:], users["recommend"]["store_url"][4:]}
+    for group in rendered["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert wanted <= set(env) and all("secretKeyRef" in env[name]["valueFrom"] for name in wanted)
+
+
+def test_the_rayservice_enables_gcs_fault_tolerance_with_a_secret_password() -> None:
+    rendered = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    options = rendered["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert options["redisAddress"] and "secretKeyRef" in options["redisPassword"]["valueFrom"]
+
+
+def test_a_fresh_production_install_needs_no_trained_seed() -> None:
+    app = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+    recommend = next(d for d in app["deployments"] if d["name"] == "recommend")["user_config"]
+    assert recommend["model"] is None

@@ -31,20 +31,31 @@ SERVICE_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_serve_config_validates(path: Path) -> None:
-    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+def assert_valid_serve_config(config: dict, name: str) -> None:
+    schema = ServeDeploySchema.model_validate(config)
     for app in schema.applications:
         assert app.import_path == "graphs.app:build_app"
         args = AppArgs.model_validate(app.args)
         kind = {name: service for service, names in args.variants.items() for name in names}
         names = {d.name for d in app.deployments}
-        assert names == set(SERVICE_CONFIGS) | set(kind), f"{path.name} must configure every deployment"
+        assert names == set(SERVICE_CONFIGS) | set(kind), f"{name} must configure every deployment"
         for deployment in app.deployments:
             SERVICE_CONFIGS[kind.get(deployment.name, deployment.name)].model_validate(deployment.user_config)
             if deployment.name == "ingress":
                 experiments = IngressConfig.model_validate(deployment.user_config).experiments
                 validate_experiments(experiments, {"text", "image", "voice", *kind})
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_serve_config_validates(path: Path) -> None:
+    assert_valid_serve_config(yaml.safe_load(path.read_text()), path.name)
+
+
+def test_the_bench_config_validates() -> None:
+    """The bench derives its app from the local profile: a stale override fails here, not after a bench's wait."""
+    from bench.run import bench_config
+
+    assert_valid_serve_config(bench_config("local", ROOT), "bench local")
 
 
 def test_local_profile_points_at_the_tiny_models() -> None:

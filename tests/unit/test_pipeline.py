@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import time
 
@@ -14,7 +15,8 @@ from deployments.image import ImageDeployment
 from deployments.recommend import RecommendDeployment
 from deployments.text import TextDeployment
 from deployments.voice import VoiceDeployment
-from graphs.pipeline import ContentPipeline, ContentRequest, PipelineFailed
+from graphs.errors import ServiceError
+from graphs.pipeline import ContentPipeline, ContentRequest
 from tests.fakes.handles import FakeHandle
 
 
@@ -37,7 +39,7 @@ def make_pipeline(replicas, tmp_path, faults: dict | None = None, **config) -> C
     """A pipeline over the shared replicas; ``faults`` sets each named service's fault injection."""
     for name, replica in replicas.items():
         wanted = (faults or {}).get(name, {})
-        asyncio.run(replica.reconfigure({**replica.engine.config.model_dump(), "faults": wanted}))
+        asyncio.run(replica.reconfigure({**replica.model.config.model_dump(), "faults": wanted}))
     config = {"catalog_url": f"sqlite:///{tmp_path}/content.db", "asset_url": str(tmp_path / "assets"), **config}
     return ContentPipeline(**{name: FakeHandle(replica) for name, replica in replicas.items()}, config=config)
 
@@ -58,7 +60,7 @@ def test_complete_content_is_stored_with_its_assets_and_becomes_an_item(replicas
     assert Image.open(io.BytesIO(pipeline.asset(record.id, "image"))).format == "PNG"
     audio, rate = sf.read(io.BytesIO(pipeline.asset(record.id, "audio")))
     assert rate == 16000 and len(audio) / rate == pytest.approx(record.audio_duration_s, abs=1e-3)
-    assert replicas["recommend"].engine.store.known_items([record.id]) == [record.id]
+    assert replicas["recommend"].model.store.known_items([record.id]) == [record.id]
 
 
 def test_same_seed_same_article(replicas, tmp_path) -> None:
@@ -93,11 +95,11 @@ def test_a_slow_voice_service_times_out_within_its_stage_timeout(replicas, tmp_p
 
 def test_without_an_article_the_request_fails_and_nothing_is_stored(replicas, tmp_path) -> None:
     pipeline = make_pipeline(replicas, tmp_path, faults={"text": {"error_rate": 1.0}})
-    with pytest.raises(PipelineFailed) as err:
+    with pytest.raises(ServiceError) as err:
         run(pipeline.create(ContentRequest(topic="anything")))
     assert err.value.record.status == "failed"
     assert "InjectedFault" in err.value.record.errors["article"]
-    assert err.value.failure.status_code == 500
+    assert err.value.status_code == 500
     assert pipeline.page(10, 0).total == 0
 
 
@@ -124,12 +126,47 @@ def test_stream_sends_tokens_before_the_media_and_the_record_last(replicas, tmp_
 def test_a_crash_while_storing_leaves_no_record(replicas, tmp_path, monkeypatch) -> None:
     pipeline = make_pipeline(replicas, tmp_path)
 
-    def broken_insert(record):
+    def broken_insert(record, *args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(pipeline.catalog, "add", broken_insert)
-    with pytest.raises(PipelineFailed) as err:
+    with pytest.raises(ServiceError) as err:
         run(pipeline.create(ContentRequest(topic="x")))
     assert "disk full" in err.value.record.errors["store"]
     assert pipeline.get(err.value.record.id) is None
     assert pipeline.page(10, 0).total == 0
+
+
+def test_an_idempotency_key_stands_for_one_content(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path)
+    request = ContentRequest(topic="lighthouses", user_id="user-7", seed=3)
+    first = run(pipeline.create(request, key="k-1"))
+    again = run(pipeline.create(request, key="k-1"))  # the stored record, not a second content
+    assert again == first and pipeline.page(10, 0).total == 1
+    with pytest.raises(ServiceError) as mismatch:  # the same key for another request
+        run(pipeline.create(ContentRequest(topic="tides", user_id="user-7"), key="k-1"))
+    assert mismatch.value.status_code == 400 and mismatch.value.field == "Idempotency-Key"
+
+
+def test_a_key_in_the_making_is_busy_until_its_replica_is_known_dead(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path)
+    request = ContentRequest(topic="harbours", user_id="user-8", seed=4)
+    fingerprint = hashlib.sha256(request.model_dump_json(exclude={"stream"}).encode()).hexdigest()
+    # An attempt whose replica died after claiming the key: its claim is still running.
+    state, content_id, _ = pipeline.catalog.claim_key("k-2", fingerprint, "c" + "0" * 32, lease_s=600)
+    assert state == "new"
+    with pytest.raises(ServiceError) as busy:
+        run(pipeline.create(request, key="k-2"))
+    assert busy.value.status_code == 409 and busy.value.headers["Retry-After"]
+    resent = run(pipeline.create(request, key="k-2", takeover=True))  # the ingress resends: same content id
+    assert resent.id == content_id and resent.status == "complete"
+    assert run(pipeline.create(request, key="k-2")) == resent and pipeline.page(10, 0).total == 1
+
+
+def test_a_failed_attempt_gives_its_key_back(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path, faults={"text": {"error_rate": 1.0}})
+    request = ContentRequest(topic="storms", user_id="user-9")
+    with pytest.raises(ServiceError):
+        run(pipeline.create(request, key="k-3"))
+    pipeline = make_pipeline(replicas, tmp_path)
+    assert run(pipeline.create(request, key="k-3")).status == "complete"  # the client tries again with it

@@ -68,7 +68,16 @@ def test_a_new_version_reaches_every_replica_and_survives_a_restart(config: Reco
         first.recommend(RecommendRequest(user_id="user-3"))
     )
     folder = Path(config.trained_dir) / version
-    assert sorted(p.name for p in folder.iterdir()) == ["als.npz", "catalog.npz", "meta.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "als.npz",
+        "ann-content.usearch",  # the version carries its item space and ANN indexes: every replica loads them
+        "ann-factors.usearch",
+        "ann-unit.usearch",
+        "catalog.npz",
+        "meta.json",
+        "space.json",
+        "space.npz",
+    ]
     for npz in folder.glob("*.npz"):
         with np.load(npz, allow_pickle=False) as data:  # never pickles
             assert data.files
@@ -147,3 +156,33 @@ def test_new_content_is_recommended_and_similar_before_any_interaction(config: R
         if i.item_id == "c-fresh"
     )
     assert item.reason == "content"
+
+
+def test_a_fresh_install_without_a_seed_serves_fresh_and_popular_then_learns(tmp_path: Path) -> None:
+    """Production starts with no trained file: new content is fresh, engaged content popular; a retrain on the
+    recorded events then gives users collaborative recommendations."""
+    config = RecommendConfig(
+        model=None,
+        store_url=f"sqlite:///{tmp_path}/rec.db",
+        trained_dir=str(tmp_path / "versions"),
+        training={"factors": 4, "iterations": 10, "after_events": None},
+    )
+    recommender = Recommender(config)
+    assert recommender.recommend(RecommendRequest(user_id="anyone", k=5)).items == []
+    with pytest.raises(TrainingBusy, match="nothing to train"):
+        recommender.retrain()
+    recommender.add_items([ItemIn(item_id=f"post-{n}", title=f"Post {n}", text="harbour tides") for n in range(8)])
+    cold = recommender.recommend(RecommendRequest(user_id="anyone", k=5)).items
+    assert cold and {i.reason for i in cold} <= {"fresh", "popular"}
+    events = [
+        InteractionIn(user_id=f"reader-{u}", item_id=f"post-{(u + n) % 8}", event="like")
+        for u in range(12)
+        for n in range(3)
+    ]
+    recommender.record(events)
+    assert "popular" in {i.reason for i in recommender.recommend(RecommendRequest(user_id="anyone", k=5)).items}
+    report = recommender.retrain()
+    assert report.users == 12 and report.items == 8
+    learned = recommender.recommend(RecommendRequest(user_id="reader-1", k=3))
+    assert learned.model_version == report.version and learned.items
+    assert {i.reason for i in learned.items} <= {"als", "content"}

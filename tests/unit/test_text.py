@@ -1,88 +1,117 @@
-"""Text service on the tiny GPT-2 through the real transformers loaders, without Ray."""
+"""Text service on the tiny trained GPT-2, through the real loaders and the continuous-batching engine, without Ray."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from pydantic import ValidationError
 
 from deployments.common import RequestError
-from deployments.text import TextConfig, TextDeployment, TextGenerator, TextRequest, TextResult
+from deployments.text import (
+    ChoiceDelta,
+    StreamStart,
+    TextConfig,
+    TextDeployment,
+    TextRequest,
+    TextResult,
+    TextService,
+)
+from deployments.text.articles import ArticleDelta, ArticleRequest
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_models) -> TextGenerator:
-    return TextGenerator(TextConfig(model=str(tiny_models / "text"), served_model_name="tiny", max_tokens_limit=64))
+def service(tiny_models) -> TextService:
+    svc = TextService(TextConfig(model=str(tiny_models / "text"), served_model_name="tiny", max_tokens_limit=200))
+    yield svc
+    svc.engine.close(wait=True)
 
 
-def test_completion_has_types_and_token_counts(generator: TextGenerator) -> None:
-    result = generator.generate(TextRequest(prompt="Once upon a time", max_tokens=12, seed=3))
-    assert isinstance(result, TextResult)
-    assert isinstance(result.text, str)
+def generate(service: TextService, **fields) -> TextResult:
+    return asyncio.run(service.generate(service.prepare(TextRequest(**fields))))
+
+
+def stream(service: TextService, **fields) -> list:
+    async def collect() -> list:
+        return [item async for item in service.stream(service.prepare(TextRequest(**fields)))]
+
+    return asyncio.run(collect())
+
+
+def test_completion_has_types_and_token_counts(service: TextService) -> None:
+    result = generate(service, prompt="Once upon a time", max_tokens=12, seed=3)
+    assert isinstance(result, TextResult) and isinstance(result.text, str)
     assert result.model == "tiny"
-    assert result.prompt_tokens == len(generator.tokenizer("Once upon a time")["input_ids"])
+    assert result.prompt_tokens == len(service.tokenizer("Once upon a time")["input_ids"])
     assert 1 <= result.completion_tokens <= 12
     assert result.finish_reason in ("stop", "length")
 
 
-def test_same_seed_same_text_other_seed_other_text(generator: TextGenerator) -> None:
+def test_the_trained_tiny_model_writes_words(service: TextService) -> None:
+    result = generate(service, prompt="Once upon a time", max_tokens=40, temperature=0)
+    words = result.text.split()
+    assert len(words) >= 5 and "\ufffd" not in result.text
+    assert sum(w.strip(".,").isalpha() for w in words) / len(words) > 0.8
+
+
+def test_same_seed_same_text_other_seed_other_text(service: TextService) -> None:
     request = dict(prompt="The lighthouse", max_tokens=20, temperature=1.0)
-    a = generator.generate(TextRequest(**request, seed=7))
-    b = generator.generate(TextRequest(**request, seed=7))
-    c = generator.generate(TextRequest(**request, seed=8))
+    a, b, c = (generate(service, **request, seed=s) for s in (7, 7, 8))
     assert a.text == b.text
     assert a.text != c.text
 
 
-def test_greedy_is_deterministic_without_seed(generator: TextGenerator) -> None:
-    first = generator.generate(TextRequest(prompt="Breaking news", max_tokens=10, temperature=0))
-    second = generator.generate(TextRequest(prompt="Breaking news", max_tokens=10, temperature=0))
-    assert first == second
-    assert first.finish_reason == "length" and first.completion_tokens == 10
+def test_greedy_equals_a_solo_run_of_the_model(service: TextService, tiny_models) -> None:
+    """The engine's greedy output equals plain ``generate`` on a separate copy of the model (a plain generate
+    beside the live batch is not allowed by the library)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_models / "text").eval()
+    for prompt in ("Breaking news", "The quiet harbour", "Once upon a time, the baker"):
+        ids = service.tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = reference.generate(**ids, max_new_tokens=15, do_sample=False, pad_token_id=0, min_new_tokens=15)
+        expected = service.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert generate(service, prompt=prompt, max_tokens=15, min_tokens=15, temperature=0).text == expected
 
 
-def test_stop_sequence_truncates_and_reports_stop(generator: TextGenerator) -> None:
-    base = generator.generate(TextRequest(prompt="Recipe", max_tokens=30, temperature=0))
-    assert len(base.text) > 6
-    stop = base.text[4:6]
-    cut = generator.generate(TextRequest(prompt="Recipe", max_tokens=30, temperature=0, stop=[stop]))
+def test_stop_sequence_truncates_and_reports_stop(service: TextService) -> None:
+    base = generate(service, prompt="Recipe", max_tokens=30, temperature=0)
+    stop = base.text[6:9]
+    cut = generate(service, prompt="Recipe", max_tokens=30, temperature=0, stop=[stop])
     assert cut.text == base.text[: base.text.find(stop)]
     assert cut.finish_reason == "stop"
 
 
-def test_chat_goes_through_the_tokenizers_template(generator: TextGenerator) -> None:
+def test_chat_goes_through_the_tokenizers_template(service: TextService) -> None:
     request = TextRequest(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
-    rendered = generator.render_prompt(request)
+    rendered = service.render_prompt(request)
     assert rendered == "<|system|>Be brief.\n<|user|>Hi\n<|assistant|>"
-    result = generator.generate(request.model_copy(update={"max_tokens": 4}))
-    assert result.prompt_tokens == len(generator.tokenizer(rendered)["input_ids"])
-
-
-def test_chat_without_template_falls_back_to_role_lines(tiny_models) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "text")
-    tokenizer.chat_template = None
-    model = AutoModelForCausalLM.from_pretrained(tiny_models / "text")
-    generator = TextGenerator(TextConfig(model="injected"), model=model, tokenizer=tokenizer)
-    request = TextRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
-    assert generator.render_prompt(request) == "user: Hi\nassistant:"
-    assert generator.generate(request).completion_tokens >= 1
+    result = asyncio.run(service.generate(service.prepare(request.model_copy(update={"max_tokens": 4}))))
+    assert result.prompt_tokens == len(service.tokenizer(rendered)["input_ids"])
 
 
 @pytest.mark.parametrize(
     ("request_fields", "field", "status"),
     [
-        ({"prompt": "hi", "max_tokens": 65}, "max_tokens", 400),  # over the config's limit
+        ({"prompt": "hi", "max_tokens": 201}, "max_tokens", 400),  # over the config's limit
         ({"prompt": "word " * 300, "max_tokens": 4}, "prompt", 400),  # longer than the context
-        ({"prompt": "word " * 70, "max_tokens": 64}, "max_tokens", 400),  # prompt + completion > context
+        ({"prompt": "word " * 70, "max_tokens": 200}, "max_tokens", 400),  # prompt + completion > context
         ({"prompt": "hi", "model": "gpt-4"}, "model", 404),
+        ({"prompt": "hi", "n": 9}, "n", 400),
+        ({"prompt": "hi", "logit_bias": {99999: 1.0}}, "logit_bias", 400),
+        (
+            {"prompt": "hi", "response_format": {"type": "json_schema", "json_schema": {"type": "strin"}}},
+            "response_format",
+            400,
+        ),
     ],
 )
-def test_requests_the_model_cannot_serve_name_the_field(generator, request_fields, field, status) -> None:
+def test_requests_the_model_cannot_serve_name_the_field(service, request_fields, field, status) -> None:
     with pytest.raises(RequestError) as err:
-        generator.generate(TextRequest(**request_fields))
+        service.prepare(TextRequest(**request_fields))
     assert err.value.field == field
     assert err.value.status_code == status
 
@@ -95,6 +124,7 @@ def test_requests_the_model_cannot_serve_name_the_field(generator, request_field
         ({"prompt": "x", "max_tokens": 10**6}, "max_tokens"),
         ({"prompt": "x", "temperature": -1}, "temperature"),
         ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"prompt": "x", "frequency_penalty": 3}, "frequency_penalty"),
         ({"prompt": "x", "surprise": 1}, "surprise"),
     ],
 )
@@ -104,107 +134,304 @@ def test_schema_rejects_out_of_bounds_fields(fields, field) -> None:
     assert err.value.errors()[0]["loc"][0] == field
 
 
-def test_schema_wants_exactly_one_of_prompt_and_messages() -> None:
+def test_schema_wants_exactly_one_input() -> None:
     with pytest.raises(ValidationError, match="exactly one"):
         TextRequest()
     with pytest.raises(ValidationError, match="exactly one"):
         TextRequest(prompt="a", messages=[{"role": "user", "content": "b"}])
 
 
-def test_config_forbids_unknown_fields() -> None:
-    with pytest.raises(ValidationError, match="max_tokenz"):
-        TextConfig(model="x", max_tokenz=3)
+def test_min_tokens_keeps_end_of_text_away(service: TextService) -> None:
+    for seed in range(4):
+        assert generate(service, prompt="Hi", max_tokens=12, min_tokens=12, seed=seed).completion_tokens == 12
 
 
-def test_reconfigure_applies_defaults_in_place_and_reloads_for_a_new_model(tiny_models) -> None:
-    replica = TextDeployment.func_or_class()
-    base = {"model": str(tiny_models / "text"), "default_max_tokens": 5}
-    asyncio.run(replica.reconfigure(base))
-    engine = replica.engine
-    assert engine.generate(TextRequest(prompt="a", temperature=0)).completion_tokens == 5
-
-    asyncio.run(replica.reconfigure({**base, "default_max_tokens": 3}))
-    assert replica.engine is engine  # same weights, new defaults
-    assert engine.generate(TextRequest(prompt="a", temperature=0)).completion_tokens == 3
-
-    asyncio.run(replica.reconfigure({**base, "dtype": "bfloat16"}))
-    assert replica.engine is not engine  # a load-time field changed: a new engine was swapped in
-    assert asyncio.run(replica.describe())["dtype"] == "bfloat16"
-    assert asyncio.run(replica.describe())["reloads"] == 1
+def test_ignore_eos_generates_to_the_limit(service: TextService) -> None:
+    plain = generate(service, prompt="Tell me about tides.", max_tokens=150, temperature=0)
+    assert plain.finish_reason == "stop"  # the trained model ends its paragraphs
+    longer = generate(service, prompt="Tell me about tides.", max_tokens=150, temperature=0, ignore_eos=True)
+    assert longer.finish_reason == "length" and longer.completion_tokens == 150
 
 
-def test_min_tokens_keeps_end_of_text_away(generator: TextGenerator) -> None:
-    for seed in range(5):
-        result = generator.generate(TextRequest(prompt="Hi", max_tokens=12, min_tokens=12, seed=seed))
-        assert result.completion_tokens == 12
-
-
-def test_a_vanishing_temperature_means_greedy(generator: TextGenerator) -> None:
-    # Found by the schemathesis run: temperature 1.9e-181 overflowed the softmax.
-    tiny = generator.generate(TextRequest(prompt="Hi", max_tokens=6, temperature=1.9e-181, seed=3))
-    greedy = generator.generate(TextRequest(prompt="Hi", max_tokens=6, temperature=0))
+def test_a_vanishing_temperature_means_greedy(service: TextService) -> None:
+    tiny = generate(service, prompt="Hi", max_tokens=6, temperature=1.9e-181, seed=3)
+    greedy = generate(service, prompt="Hi", max_tokens=6, temperature=0)
     assert tiny.text == greedy.text
 
 
-def test_streaming_emits_deltas_that_spell_the_result(generator: TextGenerator) -> None:
-    pieces: list[str] = []
-    result = generator.generate(TextRequest(prompt="Tides", max_tokens=20, seed=4, temperature=1.0), pieces.append)
-    assert len(pieces) >= 2 and "".join(pieces) == result.text
+def test_streaming_deltas_spell_the_result(service: TextService) -> None:
+    items = stream(service, prompt="Tides", max_tokens=20, seed=4, temperature=1.0)
+    assert isinstance(items[0], StreamStart) and isinstance(items[-1], TextResult)
+    deltas = [i for i in items if isinstance(i, ChoiceDelta)]
+    assert len([d for d in deltas if d.text]) >= 2
+    assert "".join(d.text for d in deltas) == items[-1].text
+    assert deltas[-1].finish_reason == items[-1].finish_reason
 
 
-def test_stop_sequences_never_leak_into_the_stream(generator: TextGenerator) -> None:
-    base = generator.generate(TextRequest(prompt="Recipe", max_tokens=30, temperature=0))
-    stop = base.text[8:10]
-    pieces: list[str] = []
-    cut = generator.generate(TextRequest(prompt="Recipe", max_tokens=30, temperature=0, stop=[stop]), pieces.append)
-    assert "".join(pieces) == cut.text and stop not in cut.text
+def test_stop_sequences_never_leak_into_the_stream(service: TextService) -> None:
+    base = generate(service, prompt="Recipe", max_tokens=30, temperature=0)
+    stop = base.text[8:11]
+    items = stream(service, prompt="Recipe", max_tokens=30, temperature=0, stop=[stop])
+    text = "".join(i.text for i in items if isinstance(i, ChoiceDelta))
+    assert text == items[-1].text == base.text[: base.text.find(stop)]
+    assert stop not in text
 
 
-def test_cancel_stops_generation_early(generator: TextGenerator) -> None:
-    import threading
-
-    cancel = threading.Event()
-    result = generator.generate(
-        TextRequest(prompt="Long story", max_tokens=60, min_tokens=60, seed=1), lambda _: cancel.set(), cancel
+def test_streams_never_emit_half_a_character(service: TextService) -> None:
+    """Characters outside the corpus span several byte tokens; the grammar forces them out one byte at a time."""
+    phrase = "naïve café 🎉 ünïcödé"
+    pieces = [len(service.tokenizer(ch, add_special_tokens=False)["input_ids"]) for ch in "é🎉"]
+    assert pieces == [2, 4]
+    schema = {"type": "string", "enum": [phrase]}
+    items = stream(
+        service,
+        prompt="Say it",
+        max_tokens=60,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": schema},
     )
-    assert result.completion_tokens < 10  # a client that goes away stops the model, not only the stream
+    deltas = [i.text for i in items if isinstance(i, ChoiceDelta) and i.text]
+    assert all("\ufffd" not in d for d in deltas)
+    assert json.loads("".join(deltas)) == phrase
 
 
-def test_a_batch_answers_each_request_as_if_it_ran_alone(generator: TextGenerator) -> None:
-    """Different prompts, lengths, stops and sampling in one batch: greedy rows match their solo runs."""
-    requests = [
-        TextRequest(prompt="The lighthouse keeper", max_tokens=12, temperature=0),
-        TextRequest(prompt="Rain", max_tokens=4, temperature=0),  # shorter prompt (left-padded), shorter budget
-        TextRequest(prompt="Breaking news from the harbour today", max_tokens=8, temperature=0, stop=["e"]),
-        TextRequest(prompt="A seeded one", max_tokens=6, temperature=1.0, seed=11),  # own group
-        TextRequest(prompt="Sampled", max_tokens=5, temperature=0.9),  # another sampling group
-    ]
-    solo = [generator.generate(r) for r in requests]
-    pieces: dict[int, str] = {}
-    done: dict[int, TextResult] = {}
-    batch = [generator.prepare(r) for r in requests]
-    results = generator.run_batch(
-        batch,
-        on_piece=lambda row, piece: pieces.__setitem__(row, pieces.get(row, "") + piece),
-        on_done=lambda row, result: done.__setitem__(row, result),
+def test_n_choices_are_independent_and_numbered(service: TextService) -> None:
+    result = generate(service, prompt="Once upon a time", max_tokens=20, temperature=1.0, n=4, seed=11)
+    assert [c.index for c in result.choices] == [0, 1, 2, 3]
+    assert len({c.text for c in result.choices}) == 4
+    assert result.completion_tokens == sum(c.completion_tokens for c in result.choices)
+    again = generate(service, prompt="Once upon a time", max_tokens=20, temperature=1.0, n=4, seed=11)
+    assert [c.text for c in again.choices] == [c.text for c in result.choices]  # seeded per choice
+
+
+def test_best_of_returns_the_likeliest_candidates(service: TextService) -> None:
+    result = generate(service, prompt="The baker", max_tokens=10, temperature=1.2, n=2, best_of=6, seed=1, logprobs=0)
+    totals = [sum(t.logprob for t in c.logprobs) for c in result.choices]
+    assert len(result.choices) == 2 and totals == sorted(totals, reverse=True)
+    every = generate(service, prompt="The baker", max_tokens=10, temperature=1.2, n=6, seed=1, logprobs=0)
+    best = sorted((sum(t.logprob for t in c.logprobs) for c in every.choices), reverse=True)[:2]
+    assert totals == pytest.approx(best)
+
+
+def test_logprobs_with_alternatives(service: TextService) -> None:
+    result = generate(service, prompt="The quiet", max_tokens=6, temperature=0, logprobs=3)
+    entries = result.choices[0].logprobs
+    assert len(entries) == result.choices[0].completion_tokens - (result.finish_reason == "stop")
+    for entry in entries:
+        assert entry.logprob <= 0 and len(entry.top) == 3
+        assert entry.token_id == entry.top[0].token_id  # greedy: the chosen token is the likeliest
+        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+    assert "".join(e.token for e in entries) == result.text
+
+
+def test_echo_returns_the_prompt_with_its_logprobs(service: TextService) -> None:
+    result = generate(service, prompt="The quiet harbour", max_tokens=3, temperature=0, echo=True, logprobs=2)
+    assert result.prompt_text == "The quiet harbour"
+    prompt = result.prompt_logprobs
+    assert prompt[0].logprob is None and prompt[0].token == "The" and len(prompt) == result.prompt_tokens
+    assert all(p.logprob <= 0 and len(p.top) == 2 for p in prompt[1:])
+
+
+def test_a_banned_token_never_appears_and_a_favoured_one_always_does(service: TextService) -> None:
+    the = service.tokenizer(" the", add_special_tokens=False)["input_ids"]
+    assert len(the) == 1
+    base = generate(service, prompt="Once upon a time", max_tokens=60, temperature=0.8, seed=2)
+    assert " the" in base.text
+    banned = generate(
+        service, prompt="Once upon a time", max_tokens=60, temperature=0.8, seed=2, logit_bias={the[0]: -100}
     )
-    assert [r.completion_tokens <= q.max_tokens for r, q in zip(results, requests, strict=True)] == [True] * 5
-    for row in (0, 1, 2, 3):  # greedy rows, and the seeded row, equal their solo runs
-        assert results[row].text == solo[row].text, row
-        assert results[row].finish_reason == solo[row].finish_reason
-    assert done == dict(enumerate(results))  # every row reported once, as it finished
-    assert all(pieces.get(row, "") == result.text for row, result in enumerate(results))
-    assert "e" not in results[2].text
+    assert " the " not in banned.text and not banned.text.startswith(" the")
+    forced = generate(
+        service, prompt="Once upon a time", max_tokens=5, temperature=0.8, seed=2, logit_bias={the[0]: 100}
+    )
+    assert forced.text == " the" * 5
 
 
-def test_a_cancelled_row_stops_while_the_rest_of_its_batch_goes_on(generator: TextGenerator) -> None:
-    keep = generator.prepare(TextRequest(prompt="Go on", max_tokens=30, min_tokens=30, temperature=0))
-    drop = generator.prepare(TextRequest(prompt="Stop me", max_tokens=30, min_tokens=30, temperature=0))
+def test_penalties_push_away_from_repetition(service: TextService) -> None:
+    def distinct_share(**penalty) -> float:
+        tokens = generate(service, prompt="The", max_tokens=80, temperature=0, logprobs=0, **penalty)
+        ids = [t.token_id for t in tokens.choices[0].logprobs]
+        return len(set(ids)) / len(ids)
 
-    def on_piece(row: int, piece: str) -> None:
-        if row == 1:
-            drop.cancel.set()  # as when its client disconnects
+    plain = distinct_share()
+    assert distinct_share(frequency_penalty=2.0) > plain
+    assert distinct_share(presence_penalty=2.0) > plain
+    assert distinct_share(repetition_penalty=3.0) > plain
 
-    kept, dropped = generator.run_batch([keep, drop], on_piece=on_piece)
-    assert kept.completion_tokens == 30
-    assert dropped.completion_tokens < 5
+
+def test_min_p_and_top_k_narrow_sampling(service: TextService) -> None:
+    wide = {generate(service, prompt="The", max_tokens=3, temperature=2.0, seed=s).text for s in range(12)}
+    top1 = {generate(service, prompt="The", max_tokens=3, temperature=2.0, seed=s, top_k=1).text for s in range(12)}
+    strict = {generate(service, prompt="The", max_tokens=3, temperature=2.0, seed=s, min_p=1.0).text for s in range(12)}
+    assert len(top1) == 1 and len(strict) == 1 and len(wide) > 3
+
+
+def test_json_schema_output_always_validates(service: TextService) -> None:
+    """200 seeds, sampled hot, under a schema with nested objects, enums, bounds and arrays: every answer
+    parses and validates, even those that ran out of tokens (the engine steers them to a valid end)."""
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "minLength": 1, "maxLength": 40},
+            "mood": {"enum": ["calm", "busy", "quiet"]},
+            "count": {"type": "integer", "minimum": 1, "maximum": 99},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+            "place": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+        },
+        "required": ["title", "mood", "count", "tags", "place"],
+        "additionalProperties": False,
+    }
+    request = TextRequest(
+        messages=[{"role": "user", "content": "Describe a harbour as JSON."}],
+        max_tokens=64,
+        temperature=1.3,
+        response_format={"type": "json_schema", "json_schema": schema},
+    )
+
+    async def run_all() -> list[TextResult]:
+        room = asyncio.Semaphore(64)  # within the engine's running + waiting places
+
+        async def one(seed: int) -> TextResult:
+            async with room:
+                return await service.generate(service.prepare(request.model_copy(update={"seed": seed})))
+
+        return await asyncio.gather(*(one(s) for s in range(200)))
+
+    results = asyncio.run(run_all())
+    for result in results:
+        jsonschema.validate(json.loads(result.text), schema)
+
+
+def test_structured_output_that_runs_out_of_tokens_still_parses(service: TextService) -> None:
+    schema = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
+    for seed in range(5):
+        result = generate(
+            service,
+            prompt="A story:",
+            max_tokens=30,
+            temperature=1.0,
+            seed=seed,
+            response_format={"type": "json_schema", "json_schema": schema},
+        )
+        assert isinstance(json.loads(result.text)["story"], str)
+        assert result.completion_tokens <= 30
+
+
+def test_json_object_mode_answers_an_object(service: TextService) -> None:
+    result = generate(
+        service, prompt="An object:", max_tokens=40, temperature=0.9, seed=1, response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(result.text), dict)
+
+
+def test_a_named_tool_gets_arguments_under_its_schema(service: TextService) -> None:
+    tool = {
+        "name": "book_trip",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "nights": {"type": "integer", "maximum": 9}},
+            "required": ["city", "nights"],
+            "additionalProperties": False,
+        },
+    }
+    result = generate(
+        service,
+        messages=[{"role": "user", "content": "Book it"}],
+        tools=[tool],
+        tool_choice="book_trip",
+        max_tokens=80,
+        temperature=0.8,
+        seed=3,
+    )
+    choice = result.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.text == ""
+    (call,) = choice.tool_calls
+    arguments = json.loads(call.function.arguments)
+    assert call.function.name == "book_trip" and set(arguments) == {"city", "nights"}
+    required = generate(
+        service,
+        messages=[{"role": "user", "content": "Book it"}],
+        tools=[tool],
+        tool_choice="required",
+        max_tokens=80,
+        temperature=0.8,
+        seed=3,
+    )
+    assert required.choices[0].tool_calls[0].function.name == "book_trip"
+
+
+def test_tool_choice_auto_without_a_tool_template_is_refused(service: TextService) -> None:
+    tool = {"name": "noop", "parameters": {"type": "object"}}
+    with pytest.raises(RequestError) as err:
+        service.prepare(TextRequest(messages=[{"role": "user", "content": "x"}], tools=[tool]))
+    assert err.value.field == "tool_choice"
+    with pytest.raises(RequestError) as err:
+        service.prepare(TextRequest(messages=[{"role": "user", "content": "x"}], tools=[tool], tool_choice="other"))
+    assert err.value.field == "tool_choice"
+
+
+def test_articles_are_json_with_a_title_and_a_body(service: TextService) -> None:
+    for seed in range(20):
+        article = asyncio.run(service.write_article(ArticleRequest(topic="tides", seed=seed)))
+        assert article.title and article.body
+        assert "\ufffd" not in article.title + article.body
+        assert len(article.body.split()) >= 3
+
+
+def test_a_streamed_article_hands_out_title_and_body_text(service: TextService) -> None:
+    async def collect() -> list:
+        return [item async for item in service.write_article_stream(ArticleRequest(topic="owls", seed=5))]
+
+    items = asyncio.run(collect())
+    article = items[-1]
+    deltas = [i for i in items if isinstance(i, ArticleDelta)]
+    assert "".join(d.text for d in deltas if d.field == "title").strip() == article.title
+    assert "".join(d.text for d in deltas if d.field == "body").strip() == article.body
+    assert deltas[0].field == "title" and deltas[-1].field == "body"
+
+
+def test_tokenize_and_detokenize_round_trip(service: TextService) -> None:
+    tokens = service.tokenize(TextRequest(prompt="The quiet harbour"), return_token_strs=True)
+    assert tokens.count == len(tokens.tokens) and "".join(tokens.token_strs) == "The quiet harbour"
+    assert service.detokenize(tokens.tokens) == "The quiet harbour"
+    with pytest.raises(RequestError) as err:
+        service.detokenize([10**6])
+    assert err.value.field == "tokens"
+
+
+def test_health_checks_run_through_the_engine(service: TextService) -> None:
+    before = service.engine.describe()["steps"]
+    asyncio.run(service.check_health())
+    assert service.engine.describe()["steps"] > before
+
+
+def test_reconfigure_in_place_restart_the_engine_or_reload(tiny_models) -> None:
+    replica = TextDeployment.func_or_class()
+    base = {"model": str(tiny_models / "text"), "default_max_tokens": 5}
+
+    async def scenario() -> None:
+        await replica.reconfigure(base)
+        model = replica.model
+        result = await model.generate(model.prepare(TextRequest(prompt="a", temperature=0, ignore_eos=True)))
+        assert result.completion_tokens == 5
+
+        await replica.reconfigure({**base, "default_max_tokens": 3})
+        assert replica.model is model and model.engine is not None  # same weights, same engine, new defaults
+        result = await model.generate(model.prepare(TextRequest(prompt="a", temperature=0, ignore_eos=True)))
+        assert result.completion_tokens == 3
+
+        engine = model.engine
+        await replica.reconfigure({**base, "engine": {"kv_cache": {"num_blocks": 64, "page_size": 16}}})
+        assert replica.model is model and model.engine is not engine  # the KV cache resized: engine restarted
+        assert (await replica.describe())["kv_cache"]["capacity_tokens"] == 1024
+        assert (await replica.describe())["reloads"] == 0
+
+        await replica.reconfigure({**base, "dtype": "bfloat16"})
+        assert replica.model is not model  # a load-time field changed: a new model was swapped in
+        description = await replica.describe()
+        assert description["dtype"] == "bfloat16" and description["reloads"] == 1
+        replica.model.close()
+
+    asyncio.run(scenario())

@@ -1,12 +1,10 @@
-"""What the recommender knows, as immutable snapshots it can swap atomically.
+"""What the recommender learned, as immutable snapshots it can swap atomically.
 
 - ``FactorModel``: one trained version: implicit's factors (ALS or BPR, saved as ``.npz`` and loaded with
-  ``allow_pickle=False``), the user and item id maps, the training matrix and item texts.
+  ``allow_pickle=False``), the user and item id maps, the training matrix and item texts. A fresh install with
+  no seed starts from ``FactorModel.empty()``.
 - ``ModelRegistry``: a folder of versions plus a ``CURRENT`` pointer flipped with ``os.replace``; a retrain
   writes a whole new version beside the old one, so a reader sees the old version or the new one, never half.
-- ``ItemSpace``: every item a request may rank, trained or not: collaborative factors for trained items,
-  factors estimated from content neighbours for items nobody has touched yet (cold start), and TF-IDF
-  vectors of item texts for content similarity.
 - ``train_factors``: fits ALS or BPR on the seed matrix plus the recorded events.
 """
 
@@ -19,37 +17,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from deployments.common import StrictModel
+from deployments.recommend.config import TrainingConfig
 
-Algorithm = Literal["als", "bpr"]
 MODEL_FILES: dict[str, str] = {"als": "als.npz", "bpr": "bpr.npz"}
 CURRENT = "CURRENT"
 KEEP_VERSIONS = 3
 
 
-class TrainingConfig(StrictModel):
-    """How the recommender retrains itself on the events it records."""
+@dataclass(frozen=True)
+class _EmptyFactors:
+    """The factors of a model that has seen nothing yet."""
 
-    algorithm: Algorithm = Field(
-        "als", description="implicit's AlternatingLeastSquares or Bayesian Personalized Ranking."
-    )
-    factors: int = Field(32, ge=2, le=512, description="Latent factors per user and item.")
-    iterations: int = Field(15, ge=1, le=1000, description="Training epochs.")
-    regularization: float = Field(0.05, ge=0, le=10, description="L2 penalty on the factors.")
-    learning_rate: float = Field(0.05, gt=0, le=1, description="BPR's SGD step (ALS has none).")
-    seed: int = Field(0, ge=0, description="Seeds factor initialisation, so a retrain on the same events repeats.")
-    after_events: int | None = Field(
-        1000, ge=1, description="Retrain once this many events arrived since the current version; null: never."
-    )
-    interval_s: float | None = Field(
-        None, gt=0, description="Retrain this long after the current version if any event arrived; null: never."
-    )
-    lease_s: float = Field(600, gt=0, le=86400, description="How long one replica may hold the training lease.")
+    user_factors: np.ndarray
+    item_factors: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -80,6 +64,21 @@ class FactorModel:
             cached = {key: n for n, key in enumerate(ids)}
             object.__setattr__(self, name, cached)
         return cached
+
+    @classmethod
+    def empty(cls, factors: int = 32) -> FactorModel:
+        """What a fresh install knows before its first retrain: no users, no items (popular and fresh only)."""
+        import scipy.sparse as sp
+
+        model = _EmptyFactors(np.zeros((0, factors), np.float32), np.zeros((0, factors), np.float32))
+        return cls(
+            version="empty",
+            algorithm="als",
+            model=model,
+            user_ids=[],
+            item_ids=[],
+            user_items=sp.csr_matrix((0, 0), dtype=np.float32),
+        )
 
     def user_vector(self, user_id: str, row: Any, has_new_events: bool) -> np.ndarray | None:
         """The user's latent vector: trained, or recomputed from ``row`` (ALS) / folded in (BPR)."""
@@ -244,71 +243,3 @@ class ModelRegistry:
         for old in versions[:-KEEP_VERSIONS]:
             if old.name != keep:
                 shutil.rmtree(old, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class ItemSpace:
-    """Every rankable item: factors (trained or estimated from content) and TF-IDF text vectors."""
-
-    item_ids: list[str]
-    factors: np.ndarray  # items x factors; content-only items get factors estimated from their neighbours
-    content: Any  # scipy csr, items x vocabulary, rows L2-normalised (all-zero for items without text)
-    trained: np.ndarray  # bool per item: has collaborative factors of its own
-
-    @property
-    def index(self) -> dict[str, int]:
-        cached = self.__dict__.get("_index")
-        if cached is None:
-            cached = {key: n for n, key in enumerate(self.item_ids)}
-            object.__setattr__(self, "_index", cached)
-        return cached
-
-    @classmethod
-    def build(cls, snapshot: FactorModel, registered: dict[str, str], neighbours: int = 10) -> ItemSpace:
-        """Trained items plus registered ones; estimate cold items' factors from their content neighbours."""
-        import scipy.sparse as sp
-
-        extra = [i for i in registered if i not in snapshot.item_index]
-        item_ids = [*snapshot.item_ids, *extra]
-        texts = {**snapshot.item_texts, **{i: t for i, t in registered.items() if t}}
-        content = _tfidf([texts.get(i, "") for i in item_ids])
-        n_known = len(snapshot.item_ids)
-        # An item is trained when the training matrix has events for it; the rest have no factors of their own.
-        trained = np.zeros(len(item_ids), dtype=bool)
-        trained[:n_known] = np.diff(snapshot.user_items.tocsc().indptr) > 0
-        known_factors = np.asarray(snapshot.model.item_factors, dtype=np.float32)
-        factors = np.zeros((len(item_ids), known_factors.shape[1]), dtype=np.float32)
-        factors[:n_known] = np.where(trained[:n_known, None], known_factors, 0.0)
-        cold, warm = np.flatnonzero(~trained), np.flatnonzero(trained)
-        if cold.size and warm.size:
-            sims = (content[cold] @ content[warm].T).toarray()  # cold x trained cosine
-            for row, sim in zip(cold, sims, strict=True):
-                top = np.argsort(-sim)[:neighbours]
-                top = top[sim[top] > 0]
-                if top.size:
-                    factors[row] = (sim[top, None] * factors[warm[top]]).sum(0) / sim[top].sum()
-        return cls(item_ids=item_ids, factors=factors, content=sp.csr_matrix(content), trained=trained)
-
-    def profile(self, weights: dict[str, float]) -> Any | None:
-        """A user's content profile: the weighted, normalised sum of the text vectors of what they touched."""
-        rows = [(self.index[i], w) for i, w in weights.items() if i in self.index]
-        if not rows:
-            return None
-        idx, w = zip(*rows, strict=True)
-        vector = self.content[list(idx)].T @ np.asarray(w, dtype=np.float32)
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else None
-
-
-def _tfidf(corpus: list[str]) -> Any:
-    """TF-IDF rows (L2-normalised) for each text; empty texts give zero rows."""
-    import scipy.sparse as sp
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    if not any(text.strip() for text in corpus):
-        return sp.csr_matrix((len(corpus), 1), dtype=np.float32)
-    vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english", dtype=np.float32)
-    try:
-        return vectorizer.fit_transform(corpus).tocsr()
-    except ValueError:  # nothing but stop words
-        return sp.csr_matrix((len(corpus), 1), dtype=np.float32)

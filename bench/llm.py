@@ -1,0 +1,562 @@
+"""LLM serving benchmark: the continuous-batching text engine against the static baseline, on a realistic workload.
+
+Workload: prompts of 16-256 tokens and outputs of 16-256 tokens drawn from a seeded log-uniform distribution
+(many short requests, some long ones), sent as token ids so that lengths are exact, greedy with ``ignore_eos`` so
+that every output is as long as drawn. Both engines serve the same app over HTTP (`serve deploy`), one after
+the other on the same Ray instance; each is measured:
+
+- at saturation (every request at once): output tokens/s, and the KV cache used meanwhile;
+- open-loop (Poisson arrivals) at several rates up to saturation: TTFT, inter-token latency, throughput; the
+  throughput-latency curves are plotted;
+- with guidellm (the vLLM project's client) against ``/v1/completions``: its own Poisson and concurrent profiles;
+
+plus, for the new engine, its in-process ceiling on the same workload (``TextService`` in this process,
+everything submitted at once), the time to first token of one 128-token completion, and what a handle hop adds
+to a one-token call over the engine in-process. Targets are printed pass/MISS; nothing here is a test.
+
+    python -m bench.llm [--quick] [--profile heavy|local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+APP = "content-studio"
+MODEL = "bench-gpt2"
+
+
+@dataclass
+class LLMSettings:
+    requests: int = 48  # requests per measured load
+    min_len: int = 16
+    max_len: int = 256
+    rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the saturation request rate
+    guidellm_seconds: int = 30
+    hop_calls: int = 30
+
+    @classmethod
+    def quick(cls) -> LLMSettings:
+        return cls(requests=8, max_len=48, rate_fractions=(0.5,), guidellm_seconds=5, hop_calls=5)
+
+
+# --- workload -----------------------------------------------------------------------------------------------
+def workload(s: LLMSettings, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    """Seeded (prompt token ids, output length) pairs; lengths log-uniform in [min_len, max_len]."""
+    rng = random.Random(seed)
+
+    def length() -> int:
+        return round(math.exp(rng.uniform(math.log(s.min_len), math.log(s.max_len))))
+
+    return [([rng.randrange(10, vocab) for _ in range(length())], length()) for _ in range(s.requests)]
+
+
+def body(prompt: list[int], output: int, stream: bool) -> dict[str, Any]:
+    out = {"model": MODEL, "prompt": prompt, "max_tokens": output, "ignore_eos": True, "temperature": 0}
+    if stream:
+        out.update(stream=True, stream_options={"include_usage": True})
+    return out
+
+
+@dataclass
+class Sample:
+    start: float
+    ttft: float
+    end: float
+    tokens: int
+    gaps: list[float]
+
+
+async def _one(client: httpx.AsyncClient, prompt: list[int], output: int, stream: bool, t0: float) -> Sample:
+    start = time.perf_counter()
+    if not stream:
+        response = await client.post("/v1/completions", json=body(prompt, output, False))
+        response.raise_for_status()
+        end = time.perf_counter()
+        return Sample(start - t0, end - start, end - t0, response.json()["usage"]["completion_tokens"], [])
+    first, last, tokens, gaps = None, None, 0, []
+    async with client.stream("POST", "/v1/completions", json=body(prompt, output, True)) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk.get("choices") and chunk["choices"][0].get("text"):
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                else:
+                    gaps.append(now - last)
+                last = now
+    end = time.perf_counter()
+    return Sample(start - t0, (first or end) - start, end - t0, tokens, gaps)
+
+
+async def _drive(url: str, items: list[tuple[list[int], int]], rate: float | None, stream: bool) -> list[Sample]:
+    """Every request at once (``rate`` None), or open-loop Poisson arrivals at ``rate`` requests/s."""
+    rng = random.Random(1)
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        tasks, at = [], 0.0
+        for prompt, output in items:
+            if rate is not None:
+                await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+                at += rng.expovariate(rate)
+            tasks.append(asyncio.ensure_future(_one(client, prompt, output, stream, t0)))
+        return list(await asyncio.gather(*tasks))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(samples: list[Sample]) -> dict[str, float]:
+    span = max(s.end for s in samples) - min(s.start for s in samples)
+    tokens = sum(s.tokens for s in samples)
+    gaps = [g for s in samples for g in s.gaps]
+    return {
+        "requests": len(samples),
+        "output_tokens": tokens,
+        "output_tokens_per_s": tokens / span,
+        "requests_per_s": len(samples) / span,
+        "ttft_p50_s": pct([s.ttft for s in samples], 0.5),
+        "ttft_p95_s": pct([s.ttft for s in samples], 0.95),
+        "itl_p50_ms": pct(gaps, 0.5) * 1000,
+        "itl_p95_ms": pct(gaps, 0.95) * 1000,
+        "e2e_p50_s": pct([s.end - s.start for s in samples], 0.5),
+    }
+
+
+def measure(url: str, items: list[tuple[list[int], int]], rate: float | None, stream: bool) -> dict[str, float]:
+    return summarize(asyncio.run(_drive(url, items, rate, stream)))
+
+
+class KVSampler:
+    """The text engine's KV-cache use, from /v1/health, while a load runs."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.peak, self.peak_running = url, 0.0, 0
+        self._stop = False
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
+            while not self._stop:
+                try:
+                    text = (await client.get("/v1/health")).json()["services"]["text"]
+                    self.peak = max(self.peak, text.get("kv_cache", {}).get("used_share") or 0.0)
+                    self.peak_running = max(self.peak_running, text.get("running", 0))
+                except (httpx.HTTPError, KeyError, ValueError):
+                    pass
+                await asyncio.sleep(0.25)
+
+
+def saturate(url: str, items: list[tuple[list[int], int]], stream: bool) -> dict[str, float]:
+    async def go() -> tuple[list[Sample], KVSampler]:
+        sampler = KVSampler(url)
+        watcher = asyncio.ensure_future(sampler.run())
+        try:
+            return await _drive(url, items, None, stream), sampler
+        finally:
+            sampler._stop = True
+            await watcher
+
+    samples, sampler = asyncio.run(go())
+    return {**summarize(samples), "kv_cache_peak_used": sampler.peak, "peak_running": sampler.peak_running}
+
+
+# --- guidellm -----------------------------------------------------------------------------------------------
+def guidellm(url: str, tokenizer: Path, profile: str, s: LLMSettings, out: Path) -> dict[str, Any]:
+    """One guidellm run against /v1/completions; its request counts and headline metrics."""
+    mid = (s.min_len + s.max_len) // 2
+    data = (
+        f"kind=synthetic_text,prompt_tokens={mid},prompt_tokens_stdev={mid // 2},prompt_tokens_min={s.min_len},"
+        f"prompt_tokens_max={s.max_len},output_tokens={mid},output_tokens_stdev={mid // 2},"
+        f"output_tokens_min={s.min_len},output_tokens_max={s.max_len}"
+    )
+    path = out / f"guidellm-{profile.split(',')[0].split('=')[1]}.json"
+    cmd = [
+        str(Path(sys.executable).with_name("guidellm")), "run",
+        "--backend", f"kind=openai_http,target={url},model={MODEL}",
+        "--profile", profile,
+        "--constraint", f"kind=max_duration,seconds={s.guidellm_seconds}",
+        "--data", data,
+        "--tokenizer", f"kind=hf_auto,model={tokenizer}",
+        "--output", f"kind=json,path={path}",
+        "--disable-console-interactive",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=s.guidellm_seconds * 4 + 180, env=env)
+    if done.returncode:
+        return {"error": (done.stderr or done.stdout)[-2000:]}
+    return read_guidellm(path)
+
+
+def read_guidellm(path: Path) -> dict[str, Any]:
+    """The numbers we report from guidellm's JSON (its layout differs between releases: look them up)."""
+    report = json.loads(path.read_text())
+    bench = report["benchmarks"][-1]
+    totals = bench.get("request_totals") or bench.get("metrics", {}).get("request_totals") or {}
+    metrics = bench.get("metrics", {})
+
+    def stat(name: str, field: str = "median") -> float | None:
+        entry = metrics.get(name, {})
+        entry = entry.get("successful", entry) if isinstance(entry, dict) else {}
+        value = entry.get(field) if isinstance(entry, dict) else None
+        return float(value) if isinstance(value, int | float) else None
+
+    return {
+        "successful": totals.get("successful"),
+        "errored": totals.get("errored"),
+        "incomplete": totals.get("incomplete"),
+        "output_tokens_per_s": stat("output_tokens_per_second", "mean"),
+        "ttft_p50_ms": stat("time_to_first_token_ms"),
+        "itl_p50_ms": stat("inter_token_latency_ms"),
+        "requests_per_s": stat("requests_per_second", "mean"),
+    }
+
+
+# --- in process -----------------------------------------------------------------------------------------------
+def ceiling(service: Any, items: list[tuple[list[int], int]]) -> dict[str, float]:
+    """The engine alone in this process, everything submitted at once: the serving layer's ceiling."""
+    from deployments.text import TextRequest
+
+    def request(prompt: list[int], output: int) -> Any:
+        return TextRequest(prompt_token_ids=prompt, max_tokens=output, ignore_eos=True, temperature=0)
+
+    async def run() -> tuple[int, float]:
+        await service.generate(service.prepare(request(items[0][0][:8], 4)))  # warm-up
+        started = time.perf_counter()
+        results = await asyncio.gather(*(service.generate(service.prepare(request(p, o))) for p, o in items))
+        return sum(r.completion_tokens for r in results), time.perf_counter() - started
+
+    tokens, wall = asyncio.run(run())
+    return {"output_tokens_per_s": tokens / wall, "output_tokens": tokens, "wall_s": wall}
+
+
+def hop(service: Any, s: LLMSettings) -> dict[str, float]:
+    """One-token call: the engine in this process, through a DeploymentHandle, and a bare handle round trip."""
+    from ray import serve
+
+    from deployments.text import TextRequest
+
+    request = TextRequest(prompt="Hello", max_tokens=1, temperature=0)
+    handle = serve.get_deployment_handle("text", app_name=APP)
+
+    def timed(call: Any) -> float:
+        call()
+        samples = []
+        for _ in range(s.hop_calls):
+            started = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+    direct = timed(lambda: asyncio.run(service.generate(service.prepare(request))))
+    through = timed(lambda: handle.generate.remote(request).result())
+    bare = timed(lambda: handle.describe.remote().result())
+    return {"direct_ms": direct, "handle_ms": through, "bare_handle_ms": bare, "added_ms": through - direct}
+
+
+def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:
+    firsts, wholes = [], []
+    for n in range(runs + 1):
+        samples = asyncio.run(_drive(url, [([11 + n, 12, 13, 14], tokens)], None, True))
+        if n:  # the first warms up
+            firsts.append(samples[0].ttft)
+            wholes.append(samples[0].end - samples[0].start)
+    ttft, whole = statistics.median(firsts), statistics.median(wholes)
+    return {"ttft_s": ttft, "whole_s": whole, "share": ttft / whole}
+
+
+# --- configs and the run --------------------------------------------------------------------------------------
+def llm_config(profile: str, root: Path, engine: str) -> dict[str, Any]:
+    """The bench's app (no experiment, one replica each) with the text model under test and its engine."""
+    from bench.run import bench_config, ensure_heavy_text
+
+    config = bench_config("local", root)
+    app = config["applications"][0]
+    text = next(d for d in app["deployments"] if d["name"] == "text")
+    user = text["user_config"]
+    user["served_model_name"] = MODEL
+    user["max_tokens_limit"] = 512
+    if profile == "heavy":
+        user["model"] = str(ensure_heavy_text(root).relative_to(root))
+    if engine == "static":
+        app["import_path"] = "bench.baselines.static_text:build_app"
+        user["batching"] = {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}
+        text.update(max_ongoing_requests=64, max_queued_requests=512)
+    else:
+        user["engine"] = {
+            "kv_cache": {"page_size": 32, "num_blocks": 512, "max_batch_tokens": 64, "max_requests_per_batch": 64},
+            "max_running": 64,
+            "max_waiting": 448,
+        }
+        text.update(max_ongoing_requests=512, max_queued_requests=512)
+    return config
+
+
+def run_engine(
+    name: str, config: dict[str, Any], dashboard: str, folder: Path, items: list, s: LLMSettings, tokenizer: Path
+) -> dict[str, Any]:
+    from bench.run import deploy
+    from scripts.serve_local import wait_healthy
+
+    url = f"http://127.0.0.1:{config['http_options']['port']}"
+    deploy(config, dashboard, folder, name)
+    wait_healthy(url)
+    measure(url, items[:4], None, False)  # warm-up
+    out: dict[str, Any] = {"saturation": saturate(url, items, stream=False)}
+    out["saturation_streamed"] = saturate(url, items, stream=True)
+    sat_rate = out["saturation_streamed"]["requests_per_s"]
+    out["rates"] = {}
+    for fraction in s.rate_fractions:
+        out["rates"][str(fraction)] = {"rate": fraction * sat_rate, **measure(url, items, fraction * sat_rate, True)}
+    out["ttft_128"] = ttft_share(url)
+    half = max(0.05, 0.5 * sat_rate)
+    out["guidellm"] = {
+        "poisson": guidellm(url, tokenizer, f"kind=poisson,rate={half:.3f}", s, folder),
+        "concurrent": guidellm(url, tokenizer, "kind=concurrent,streams=16", s, folder),
+    }
+    return out
+
+
+def run(profile: str, s: LLMSettings) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    from bench.run import start_ray
+    from deployments.text import TextConfig, TextService
+    from scripts.build_tiny_models import ensure_tiny_models
+    from scripts.serve_local import free_port, session_config
+
+    ensure_tiny_models()
+    out: dict[str, Any] = {"profile": profile, "settings": s.__dict__}
+    with tempfile.TemporaryDirectory(prefix="bench-llm-") as tmp:
+        folder = Path(tmp)
+        (folder / ".cache").symlink_to(ROOT / ".cache")
+        port = free_port()
+        configs = {e: session_config(llm_config(profile, ROOT, e), folder, port) for e in ("continuous", "static")}
+        text_user = next(d for d in configs["continuous"]["applications"][0]["deployments"] if d["name"] == "text")
+        os.environ["CONTENT_STUDIO_ROOT"] = str(folder)
+        service = TextService(TextConfig.model_validate(text_user["user_config"]))
+        tokenizer = (
+            Path(service.config.model) if Path(service.config.model).is_absolute() else folder / service.config.model
+        )
+        items = workload(s, service.vocab_size)
+        out["workload"] = {
+            "requests": len(items),
+            "prompt_tokens": sum(len(p) for p, _ in items),
+            "output_tokens": sum(o for _, o in items),
+        }
+        out["ceiling"] = ceiling(service, items)
+        dashboard = start_ray()
+        try:
+            out["continuous"] = run_engine("continuous", configs["continuous"], dashboard, folder, items, s, tokenizer)
+            out["continuous"]["hop"] = hop(service, s)
+            service.close()
+            serve.delete(APP)
+            out["static"] = run_engine("static", configs["static"], dashboard, folder, items, s, tokenizer)
+        finally:
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+    out["ratios"] = llm_ratios(out)
+    out["targets"] = llm_targets(out)
+    return out
+
+
+def llm_ratios(r: dict[str, Any]) -> dict[str, float]:
+    cont, stat = r["continuous"], r["static"]
+    half_c = cont["rates"].get("0.5", next(iter(cont["rates"].values())))
+    half_s = stat["rates"].get("0.5", next(iter(stat["rates"].values())))
+    return {
+        "throughput_vs_static": cont["saturation"]["output_tokens_per_s"] / stat["saturation"]["output_tokens_per_s"],
+        "streamed_throughput_vs_static": cont["saturation_streamed"]["output_tokens_per_s"]
+        / stat["saturation_streamed"]["output_tokens_per_s"],
+        "serving_efficiency": cont["saturation"]["output_tokens_per_s"] / r["ceiling"]["output_tokens_per_s"],
+        "streamed_serving_efficiency": cont["saturation_streamed"]["output_tokens_per_s"]
+        / r["ceiling"]["output_tokens_per_s"],
+        "ttft_p95_half_rate_vs_static": half_c["ttft_p95_s"] / half_s["ttft_p95_s"],
+        "ttft_share_128": cont["ttft_128"]["share"],
+        "handle_added_ms": cont["hop"]["added_ms"],
+    }
+
+
+LLM_TARGETS = {  # name: (ratio, comparison, bound)
+    "output tokens/s at saturation >= 1.5x static": ("throughput_vs_static", ">=", 1.5),
+    "serving efficiency (served / in-process ceiling) >= 0.85": ("serving_efficiency", ">=", 0.85),
+    "TTFT p95 at half saturation <= 0.3x static": ("ttft_p95_half_rate_vs_static", "<=", 0.3),
+    "time to first token <= 10% of a 128-token completion": ("ttft_share_128", "<=", 0.10),
+    "one-token call through a handle adds <= 5 ms over in-process": ("handle_added_ms", "<=", 5.0),
+}
+
+
+def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, (key, op, bound) in LLM_TARGETS.items():
+        value = r["ratios"][key]
+        ok = {"<=": value <= bound, ">=": value >= bound}[op]
+        out[name] = {"value": round(value, 3), "bound": bound, "pass": ok}
+    return out
+
+
+def markdown(r: dict[str, Any]) -> str:
+    c, s = r["continuous"], r["static"]
+    rows = [
+        (
+            "output tokens/s at saturation (plain)",
+            c["saturation"]["output_tokens_per_s"],
+            s["saturation"]["output_tokens_per_s"],
+            "{:.0f}",
+        ),
+        (
+            "output tokens/s at saturation (streamed)",
+            c["saturation_streamed"]["output_tokens_per_s"],
+            s["saturation_streamed"]["output_tokens_per_s"],
+            "{:.0f}",
+        ),
+        ("in-process ceiling, same workload (tokens/s)", r["ceiling"]["output_tokens_per_s"], None, "{:.0f}"),
+        ("KV cache peak use at saturation", c["saturation"]["kv_cache_peak_used"], None, "{:.1%}"),
+        ("peak requests in the running batch", c["saturation"]["peak_running"], None, "{:.0f}"),
+        (
+            "TTFT p95 at saturation (s)",
+            c["saturation_streamed"]["ttft_p95_s"],
+            s["saturation_streamed"]["ttft_p95_s"],
+            "{:.2f}",
+        ),
+        (
+            "ITL p50 at saturation (ms)",
+            c["saturation_streamed"]["itl_p50_ms"],
+            s["saturation_streamed"]["itl_p50_ms"],
+            "{:.1f}",
+        ),
+    ]
+    for fraction in c["rates"]:
+        rc, rs = c["rates"][fraction], s["rates"].get(fraction, {})
+        rows.append(
+            (
+                f"rate {float(fraction):.2f}x sat: TTFT p50 / p95 (s)",
+                f"{rc['ttft_p50_s']:.2f} / {rc['ttft_p95_s']:.2f}",
+                f"{rs.get('ttft_p50_s', float('nan')):.2f} / {rs.get('ttft_p95_s', float('nan')):.2f}",
+                "{}",
+            )
+        )
+        rows.append(
+            (
+                f"rate {float(fraction):.2f}x sat: ITL p50 (ms), tokens/s",
+                f"{rc['itl_p50_ms']:.1f}, {rc['output_tokens_per_s']:.0f}",
+                f"{rs.get('itl_p50_ms', float('nan')):.1f}, {rs.get('output_tokens_per_s', float('nan')):.0f}",
+                "{}",
+            )
+        )
+    rows.append(
+        (
+            "TTFT / whole 128-token completion (s)",
+            f"{c['ttft_128']['ttft_s']:.3f} / {c['ttft_128']['whole_s']:.3f}",
+            f"{s['ttft_128']['ttft_s']:.3f} / {s['ttft_128']['whole_s']:.3f}",
+            "{}",
+        )
+    )
+    rows.append(
+        (
+            "1-token call: in-process / handle / bare handle (ms)",
+            f"{c['hop']['direct_ms']:.1f} / {c['hop']['handle_ms']:.1f} / {c['hop']['bare_handle_ms']:.1f}",
+            None,
+            "{}",
+        )
+    )
+    for kind in ("poisson", "concurrent"):
+        gc, gs = c["guidellm"][kind], s["guidellm"][kind]
+        rows.append(
+            (
+                f"guidellm {kind}: ok / errored requests",
+                f"{gc.get('successful')} / {gc.get('errored')}",
+                f"{gs.get('successful')} / {gs.get('errored')}",
+                "{}",
+            )
+        )
+        rows.append((f"guidellm {kind}: output tokens/s, TTFT p50 (ms)", _g(gc), _g(gs), "{}"))
+    lines = [f"| measurement (profile: {r['profile']}) | continuous | static |", "|---|---|---|"]
+    for label, a, b, fmt in rows:
+        cells = ["-" if v is None else (fmt.format(v) if fmt != "{}" else str(v)) for v in (a, b)]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    for name, t in r["targets"].items():
+        lines.append(f"- llm: {'pass' if t['pass'] else 'MISS'}: {name} (measured {t['value']})")
+    return "\n".join(lines) + "\n"
+
+
+def _g(g: dict[str, Any]) -> str:
+    if "error" in g:
+        return "failed: " + g["error"].strip().splitlines()[-1][:80]
+    tps, ttft = g.get("output_tokens_per_s"), g.get("ttft_p50_ms")
+    return f"{tps:.0f}, {ttft:.0f}" if tps is not None and ttft is not None else "-"
+
+
+def plot(r: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for engine, style in (("continuous", "o-"), ("static", "s--")):
+        points = sorted(r[engine]["rates"].values(), key=lambda p: p["rate"])
+        xs = [p["output_tokens_per_s"] for p in points]
+        axes[0].plot(xs, [p["ttft_p95_s"] for p in points], style, label=engine)
+        axes[1].plot(xs, [p["itl_p50_ms"] for p in points], style, label=engine)
+    axes[0].set_title("TTFT p95 vs throughput (Poisson arrivals)")
+    axes[0].set_ylabel("TTFT p95 (s)")
+    axes[1].set_title("inter-token latency p50 vs throughput")
+    axes[1].set_ylabel("ITL p50 (ms)")
+    for ax in axes:
+        ax.set_xlabel("output tokens/s")
+        ax.legend()
+    fig.tight_layout()
+    path = out / f"llm-{r['profile']}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=["heavy", "local"], default="heavy")
+    parser.add_argument("--quick", action="store_true", help="a few requests: the smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    settings = LLMSettings.quick() if args.quick else LLMSettings()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run(args.profile, settings)
+    (args.out / f"llm-{args.profile}.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (args.out / f"llm-{args.profile}.md").write_text(table)
+    plot(result, args.out)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

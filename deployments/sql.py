@@ -1,0 +1,214 @@
+"""SQL for the services that own a database (the pipeline's catalog, the recommender's store).
+
+- URLs may name an environment variable instead of a secret: ``env:CONTENT_STUDIO_CATALOG_URL``, so credentials
+  come from a Kubernetes Secret (or the shell), never from the Serve config in clear.
+- Each replica has its own connection pool, sized in its config (``DatabaseConfig``); connections are checked
+  before use, so a database that dropped them is reconnected to by itself when it is back.
+- ``migrate`` brings a database to its newest schema with Alembic (versioned scripts under ``migrations/``),
+  under a database-wide lock, so replicas that start together migrate once.
+- A database that cannot be reached is a ``StoreUnavailable`` (the routes that need it answer 503 with
+  ``Retry-After``), never a 500.
+
+SQLite stays the embedded default of the local profile; PostgreSQL is what clusters use, and what the
+integration tests run on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from deployments.common import StrictModel, project_path
+
+logger = logging.getLogger("content_studio.sql")
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+ENV_PREFIX = "env:"
+
+
+class DatabaseConfig(StrictModel):
+    """A replica's connection pool (per replica: the database sees replicas x (pool_size + max_overflow))."""
+
+    pool_size: int = Field(5, ge=1, le=200, description="Connections kept open by each replica.")
+    max_overflow: int = Field(5, ge=0, le=200, description="Extra connections a replica may open under load.")
+    pool_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="How long a request waits for a free connection before it fails (503)."
+    )
+    connect_timeout_s: int = Field(5, ge=1, le=120, description="How long connecting to the database may take.")
+    retry_after_s: int = Field(5, ge=1, le=600, description="`Retry-After` when the database is unreachable.")
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached now (down, cut off, its connections dropped): try again later."""
+
+    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.retry_after_s))
+
+
+def resolve_url(url: str) -> str:
+    """A database URL, read from the environment when written ``env:NAME``; relative SQLite paths are anchored at
+    the project root (like model folders), and their folder is made."""
+    if url.startswith(ENV_PREFIX):
+        name = url[len(ENV_PREFIX) :]
+        value = os.environ.get(name)
+        if not value:
+            raise ValueError(f"the database URL comes from ${name}, which is not set")
+        url = value
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url in ("sqlite:///:memory:", "sqlite://"):
+        return url
+    path = project_path(url[len(prefix) :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return prefix + str(path)
+
+
+def create_engine(url: str, pool: DatabaseConfig | None = None) -> Any:
+    """A SQLAlchemy engine with this replica's pool; SQLite gets WAL mode so readers never block a writer."""
+    import sqlalchemy as sa
+
+    pool = pool or DatabaseConfig()
+    resolved = resolve_url(url)
+    if resolved.startswith("sqlite"):
+        engine = sa.create_engine(resolved, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+        return engine
+    return sa.create_engine(
+        resolved,
+        pool_size=pool.pool_size,
+        max_overflow=pool.max_overflow,
+        pool_timeout=pool.pool_timeout_s,
+        pool_pre_ping=True,  # a connection the server dropped is replaced before use
+        pool_recycle=1800,
+        connect_args={"connect_timeout": pool.connect_timeout_s},
+    )
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (as opposed to a bad statement)."""
+    import sqlalchemy as sa
+
+    if isinstance(exc, sa.exc.TimeoutError):  # no free connection in the pool
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+    return False
+
+
+@contextlib.contextmanager
+def unavailable_as(retry_after_s: float = 5.0) -> Iterator[None]:
+    """Turn a lost or unreachable database into ``StoreUnavailable`` (503 + Retry-After at the edge)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_connection_error(exc):
+            detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+            raise StoreUnavailable(f"the database is unavailable: {detail}", retry_after_s) from None
+        raise
+
+
+# --- migrations -------------------------------------------------------------------------------------------
+class MigratedStore:
+    """A service's own database: an engine with its pool, the schema migrated on first use (a database down at
+    start does not stop the replica), and every operation's loss of the database turned into StoreUnavailable.
+    Subclasses name their Alembic environment (``migrations/<environment>``)."""
+
+    environment: ClassVar[str]
+
+    def __init__(self, url: str, pool: DatabaseConfig | None = None) -> None:
+        self.pool = pool or DatabaseConfig()
+        self.engine = create_engine(url, self.pool)
+        self.revision: str | None = None
+        self._migrating = threading.Lock()
+        with contextlib.suppress(StoreUnavailable):  # down at start: the replica serves, migrates on first use
+            self._ready()
+
+    def _ready(self) -> None:
+        if self.revision is None:
+            with self._migrating, unavailable_as(self.pool.retry_after_s):
+                if self.revision is None:
+                    self.revision = migrate(self.engine, self.environment)
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Every operation: the schema is current (migrated on first use), a lost database is StoreUnavailable."""
+        self._ready()
+        with unavailable_as(self.pool.retry_after_s):
+            yield
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def migrate(engine: Any, store: str, lock_path: Path | None = None) -> str:
+    """Upgrade ``engine``'s database to the newest revision of ``migrations/<store>`` and return it.
+
+    One replica migrates at a time: PostgreSQL through an advisory lock held by the migrating connection, SQLite
+    through a lock file beside the database. A replica that waited finds the database current and does nothing.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS / store))
+    config.set_main_option("version_table", f"alembic_version_{store}")
+    with engine.connect() as conn, _migration_lock(engine, conn, store, lock_path):
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+        conn.commit()
+        return current_revision(conn, store)
+
+
+def current_revision(conn: Any, store: str) -> str:
+    import sqlalchemy as sa
+
+    table = f"alembic_version_{store}"
+    if not sa.inspect(conn).has_table(table):
+        return "none"
+    return str(conn.execute(sa.text(f"SELECT version_num FROM {table}")).scalar() or "none")
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Any, conn: Any, store: str, lock_path: Path | None) -> Iterator[None]:
+    import hashlib
+
+    import sqlalchemy as sa
+
+    if engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"content-studio:{store}".encode()).digest()[:8], "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            conn.commit()
+        return
+    database = engine.url.database
+    path = lock_path or (Path(database + f".{store}.migrate.lock") if database else None)
+    if path is None:  # an in-memory SQLite database has one connection: nothing to race with
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,210 @@
+"""What the ingress lets through: rate limits and quotas per key, and load shed at the edge, at once.
+
+- ``RateLimiter``: requests, generated tokens, images and audio seconds per key and minute (limits per role in
+  ``access.limits``), counted in Redis so that every ingress replica sees the same counts; over a limit is
+  429 with ``Retry-After`` (the end of the minute) in OpenAI's error shape. Without Redis each replica counts on its
+  own, and says so (/v1/health, the log).
+- ``EdgeAdmission``: the ingress admits to a service only what the service can hold (its running replicas x
+  (``max_ongoing_requests`` + ``max_queued_requests``), read from the Serve controller, shared out among the
+  ingress replicas) and refuses the rest with 503 + ``Retry-After`` at once, instead of letting a burst wait in
+  queues to be refused seconds later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from graphs.access import LimitsConfig, Principal
+from graphs.errors import ServiceError
+
+logger = logging.getLogger("content_studio.limits")
+WINDOW_S = 60
+KINDS = {"tokens": "tokens_per_minute", "images": "images_per_minute", "audio_s": "audio_seconds_per_minute"}
+
+
+class _LocalCounters:
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = defaultdict(float)
+
+    async def incr(self, key: str, amount: float) -> float:
+        self.counts[key] += amount
+        if len(self.counts) > 100_000:  # drop past windows
+            current = str(int(time.time() // WINDOW_S))
+            self.counts = defaultdict(float, {k: v for k, v in self.counts.items() if f":{current}:" in k})
+        return self.counts[key]
+
+    async def get(self, key: str) -> float:
+        return self.counts.get(key, 0.0)
+
+
+class _RedisCounters:
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+    async def incr(self, key: str, amount: float) -> float:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.incrbyfloat(key, amount)
+            pipe.expire(key, WINDOW_S * 2)
+            value, _ = await pipe.execute()
+        return float(value)
+
+    async def get(self, key: str) -> float:
+        value = await self.client.get(key)
+        return float(value or 0.0)
+
+
+class RateLimiter:
+    """Per-key, per-minute counters of requests and of what was generated."""
+
+    def __init__(self, config: LimitsConfig) -> None:
+        from deployments.sql import resolve_url
+
+        self.config = config
+        self.local = _LocalCounters()
+        self.redis: _RedisCounters | None = None
+        self.reason = "no redis_url is configured"
+        self._redis_down_until = 0.0
+        if config.redis_url:
+            try:
+                self.redis = _RedisCounters(resolve_url(config.redis_url))
+                self.reason = ""
+            except Exception as exc:  # a bad URL: count locally, and say why
+                self.reason = f"redis_url cannot be used: {exc}"
+
+    def describe(self) -> dict[str, Any]:
+        shared = self.redis is not None and time.monotonic() >= self._redis_down_until
+        return {"backend": "redis" if shared else "local", "shared": shared, "note": self.reason or None}
+
+    async def _counter(self, op: str, key: str, amount: float = 0.0) -> float:
+        if self.redis is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                return await (self.redis.incr(key, amount) if op == "incr" else self.redis.get(key))
+            except Exception as exc:
+                self._redis_down_until = time.monotonic() + 30
+                self.reason = f"redis unreachable ({type(exc).__name__}); counting in this replica for 30 s"
+                logger.warning("rate limits: %s", self.reason)
+        return await (self.local.incr(key, amount) if op == "incr" else self.local.get(key))
+
+    @staticmethod
+    def _key(principal: Principal, kind: str) -> str:
+        return f"content-studio:limits:{principal.counter}:{int(time.time() // WINDOW_S)}:{kind}"
+
+    @staticmethod
+    def _retry_after() -> int:
+        return max(1, math.ceil(WINDOW_S - time.time() % WINDOW_S))
+
+    def _refuse(self, principal: Principal, what: str, limit: float) -> ServiceError:
+        error = ServiceError(
+            429,
+            f"rate limit reached for key {principal.name!r}: {limit:g} {what} per minute",
+            None,
+            "rate_limit_exceeded",
+        )
+        error.headers["Retry-After"] = str(self._retry_after())
+        return error
+
+    async def admit(self, principal: Principal) -> None:
+        """Count a request; refuse it when the key is over its requests, or has used up a quota, this minute."""
+        limits = self.config.of(principal.role)
+        if limits.requests_per_minute is not None:
+            count = await self._counter("incr", self._key(principal, "requests"), 1)
+            if count > limits.requests_per_minute:
+                raise self._refuse(principal, "requests", limits.requests_per_minute)
+        for kind, field in KINDS.items():
+            limit = getattr(limits, field)
+            if limit is not None and await self._counter("get", self._key(principal, kind)) >= limit:
+                raise self._refuse(principal, field.removesuffix("_per_minute").replace("_", " "), limit)
+
+    async def charge(self, principal: Principal, **used: float) -> None:
+        """Add what a request generated (``tokens``, ``images``, ``audio_s``) to the key's minute."""
+        limits = self.config.of(principal.role)
+        for kind, amount in used.items():
+            if amount and getattr(limits, KINDS[kind]) is not None:
+                await self._counter("incr", self._key(principal, kind), float(amount))
+
+
+class EdgeAdmission:
+    """In-flight calls per service, capped at what the service can hold (see the module docstring)."""
+
+    REFRESH_S = 5.0
+
+    def __init__(self, app: str | None, deployments: tuple[str, ...], retry_after_s: int) -> None:
+        self.app, self.deployments, self.retry_after_s = app, deployments, retry_after_s
+        self.capacity: dict[str, int | None] = {}
+        self.inflight: dict[str, int] = defaultdict(int)
+        self._task: asyncio.Task[None] | None = None
+        self.error: str | None = "not read from the Serve controller yet"
+
+    def start(self) -> None:
+        if self.app and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                self.capacity = self.read(await self._details())
+                self.error = None
+            except Exception as exc:  # no cap is better than refusing everything
+                self.error = f"{type(exc).__name__}: {exc}"[:200]
+            await asyncio.sleep(self.REFRESH_S)
+
+    @staticmethod
+    async def _details() -> dict[str, Any]:
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return await controller.get_serve_instance_details.remote()
+
+    def read(self, details: dict[str, Any]) -> dict[str, int | None]:
+        """Each deployment's share of capacity for this ingress replica, from the controller's view of the app:
+        running replicas x (max_ongoing_requests + max_queued_requests), split among the ingress replicas. None:
+        no cap (an unbounded queue, or no replica running: then Serve queues until one is, within timeouts)."""
+        deployments = details["applications"][self.app]["deployments"]
+
+        def running(name: str) -> int:
+            return sum(r["state"] == "RUNNING" for r in deployments.get(name, {}).get("replicas", []))
+
+        ingresses = max(1, running("ingress"))
+        out: dict[str, int | None] = {}
+        for name in self.deployments:
+            config = deployments.get(name, {}).get("deployment_config", {})
+            queued = config.get("max_queued_requests", -1)
+            replicas = running(name)
+            if queued is None or queued < 0 or replicas == 0:
+                out[name] = None
+                continue
+            total = replicas * (config.get("max_ongoing_requests", 5) + queued)
+            out[name] = max(1, math.ceil(total / ingresses))
+        return out
+
+    @contextlib.contextmanager
+    def enter(self, deployment: str) -> Iterator[None]:
+        """Hold a place for one call to ``deployment``, or refuse it at once (503 + Retry-After) when full."""
+        capacity = self.capacity.get(deployment)
+        if capacity is not None and self.inflight[deployment] >= capacity:
+            error = ServiceError(
+                503,
+                f"{deployment} is at capacity ({capacity} requests in flight through this ingress): retry later",
+                None,
+                "service_unavailable",
+            )
+            error.headers["Retry-After"] = str(self.retry_after_s)
+            raise error
+        self.inflight[deployment] += 1
+        try:
+            yield
+        finally:
+            self.inflight[deployment] -= 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"capacity": dict(self.capacity), "inflight": dict(self.inflight), "error": self.error}

@@ -1,0 +1,91 @@
+"""``POST /v1/completions``: one or several prompts, ``n`` choices each, ``best_of``, ``echo`` and log
+probabilities, plain or streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+
+from graphs.errors import invalid
+from graphs.http import CallerDep, IngressDep, UserHeader, error_responses
+from graphs.openai.protocol import CompletionRequest, CompletionResponse
+from graphs.openai.streaming import SSE_HEADERS, TextChunks, text_events
+
+router = APIRouter(tags=["OpenAI"])
+STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks with `stream`."}}
+
+
+@router.post(
+    "/v1/completions",
+    response_model=CompletionResponse,
+    responses={**STREAM, **error_responses(400, 404, 502, 503, 504)},
+)
+async def completions(
+    body: CompletionRequest, response: Response, ingress: IngressDep, caller: CallerDep, user: UserHeader = None
+) -> Any:
+    if body.suffix:
+        raise invalid("suffix", "is not supported by this model (no fill-in-the-middle)")
+    requests = body.to_service()
+    n = body.n or 1
+    user_id = caller.user(body.user or user)
+    if body.stream:
+        if (body.best_of or n) > n:
+            raise invalid("best_of", "cannot be larger than `n` when streaming")
+        return await stream_text(
+            ingress,
+            requests,
+            chat=False,
+            user_id=user_id,
+            n=n,
+            include_usage=body.include_usage,
+            continuous_usage=body.continuous_usage,
+            caller=caller,
+        )
+    started = time.perf_counter()
+    requests, assignment = ingress.route_all("text", requests, user_id)
+    deployment = assignment.deployment if assignment else "text"
+    try:
+        with ingress.admitted(deployment):  # one place for the request, however many prompts it holds
+            results = await asyncio.gather(
+                *(ingress.call("text", "generate", r, deployment=deployment, admit=False) for r in requests)
+            )
+    except Exception as exc:
+        ingress.count(assignment, time.perf_counter() - started, getattr(exc, "status_code", 500) < 500)
+        raise
+    ingress.count(assignment, time.perf_counter() - started, True)
+    ingress.tag(response, assignment)
+    await ingress.limiter.charge(caller, tokens=sum(r.completion_tokens for r in results))
+    return CompletionResponse.of(list(results), n).model_copy(update={"variant": assignment and assignment.variant})
+
+
+async def stream_text(
+    ingress: Any,
+    requests: list[Any],
+    *,
+    chat: bool,
+    user_id: str | None,
+    n: int,
+    include_usage: bool,
+    tool_name: str | None = None,
+    continuous_usage: bool = False,
+    caller: Any = None,
+) -> StreamingResponse:
+    """SSE for one or several text requests; every stream's first item is awaited before answering (a request
+    the model rejects gets its 4xx); a client that goes away closes the streams, which stops generation."""
+    requests, assignment = ingress.route_all("text", requests, user_id)
+    opened = await ingress.open_streams("text", "generate_stream", requests, assignment)
+    streams, firsts = [s for s, _ in opened], [f for _, f in opened]
+    chunks = TextChunks(firsts[0].model, chat, n, tool_name, continuous_usage)
+    charge = None
+    if caller is not None:
+
+        async def charge(tokens: int) -> None:
+            await ingress.limiter.charge(caller, tokens=tokens)
+
+    events = text_events(streams, firsts, chunks, include_usage, ingress.config.timeouts_s.text, charge)
+    headers = {**SSE_HEADERS, **ingress.variant_headers(assignment)}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)

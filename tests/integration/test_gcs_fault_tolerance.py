@@ -1,0 +1,109 @@
+"""Losing the head's GCS: with its state in Redis (Ray's GCS fault tolerance, as KubeRay enables it), requests
+through the running proxy and replicas keep succeeding while the GCS is down; when it comes back the cluster
+recovers its state (deployments, replicas, nodes) without restarting a replica, and `serve deploy` works again."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.integration.conftest import environment, wait_deployments_healthy, wait_healthy, wait_rolled_out
+
+APP = "content-studio"
+DOWN_S = 8.0
+
+
+def replicas(client: httpx.Client) -> dict[str, tuple]:
+    services = client.get("/v1/health", timeout=30).json()["services"]
+    return {name: (info.get("replica"), info.get("loaded_at")) for name, info in services.items()}
+
+
+class Load:
+    """Completions and content reads through HTTP from a thread, counting every answer that is not a success."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.ok, self.failures = url, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    if n % 2:
+                        r = client.post(
+                            "/v1/completions", json={"model": "tiny-gpt2", "prompt": f"Tide {n}", "max_tokens": 6}
+                        )
+                    else:
+                        r = client.get("/v1/content", params={"limit": 2})
+                    if r.status_code == 200:
+                        self.ok += 1
+                    else:
+                        self.failures.append((r.status_code, r.text[:200]))
+                except httpx.HTTPError as exc:
+                    self.failures.append((0, repr(exc)))
+                time.sleep(0.05)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+@pytest.mark.late
+def test_requests_keep_succeeding_while_the_gcs_is_down_and_the_cluster_recovers(
+    client: httpx.Client, deployed_app: dict, ray_cluster: dict, redeploy
+) -> None:
+    import ray
+
+    if not ray_cluster.get("gcs_namespace"):
+        from tests.conftest import redis_reachable
+
+        pytest.skip(f"no GCS fault tolerance in this session: {redis_reachable()}")
+    head = ray_cluster["cluster"].head_node
+    # Start from a settled cluster: a replica started moments ago (the chaos test replaces some) may not be in the
+    # controller's checkpoint yet, and a GCS lost now would have the controller replace it on recovery.
+    wait_rolled_out()
+    time.sleep(10)
+    before = replicas(client)
+    with Load(deployed_app["url"]) as load:
+        time.sleep(2)
+        served_before = load.ok
+        head.kill_gcs_server()
+        killed = time.monotonic()
+        time.sleep(DOWN_S)
+        served_while_down = load.ok - served_before
+        with environment(ray_cluster["gcs_env"]):  # the new GCS finds its state in the same Redis namespace
+            head.start_gcs_server()
+        restarted = time.monotonic()
+        deadline = restarted + 120
+        while time.monotonic() < deadline:  # the control plane answers again
+            try:
+                if sum(node["Alive"] for node in ray.nodes()) == 3:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.5)
+        recovered_s = time.monotonic() - restarted
+        time.sleep(2)
+    print(f"GCS down {restarted - killed:.1f}s; control plane back {recovered_s:.1f}s after restart")
+    assert served_while_down > 2  # traffic went on through the proxy and the replicas (a slow CI machine serves few)
+    assert load.failures == []
+    assert sum(node["Alive"] for node in ray.nodes()) == 3  # every node is back in the cluster
+    wait_deployments_healthy(APP, ("ingress", "pipeline", "text", "image", "voice", "recommend"))
+    assert replicas(client) == before  # no replica was restarted
+    # The control plane works again: a config change deploys.
+    config = copy.deepcopy(deployed_app["config"])
+    ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ingress")
+    ingress["user_config"]["health_timeout_s"] = 6
+    redeploy(config, app=APP, healthy=("ingress",))
+    wait_healthy(deployed_app["url"])
