@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models browser run test test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-recs clean
+.PHONY: setup models browser run test bench-smoke test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-recs clean
 
 setup: $(INSTALLED) models browser
 
@@ -48,7 +48,12 @@ run: setup
 	$(BIN)/serve run configs/local.yaml
 
 test: setup
-	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not bench" $(PYTEST_ARGS)
+
+# The benchmark harness end to end with tiny settings, so that it cannot rot (no timing asserted). Not part of
+# `make test`: it starts Ray instances of its own and takes minutes; CI (.ci/run) runs it after the suite.
+bench-smoke: setup
+	$(BIN)/python -m pytest -m bench tests/integration/test_bench_smoke.py $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ cut, their URLs given as secrets through the environment (``env:NAME``); and the
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from collections.abc import Iterator
@@ -135,6 +136,20 @@ def databases() -> Iterator[dict[str, Any]]:
     yield {"kind": "postgresql", "proxy": proxy, "direct": {"catalog": catalog, "recommend": recommend}, "env": env}
     proxy.close()
     created.drop_all()
+
+
+def extra_app(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A copy of the session's application as a second app ``name`` at ``/name``, for a test to change freely;
+    without the A/B candidate (its deployment, ``args.variants`` and the ingress's experiments): every request
+    goes to the service under test, and the machine loads one model fewer per extra app."""
+    app = copy.deepcopy(config["applications"][0])
+    app["name"], app["route_prefix"] = name, f"/{name}"
+    variants = {n for names in app.get("args", {}).pop("variants", {}).values() for n in names}
+    app["deployments"] = [d for d in app["deployments"] if d["name"] not in variants]
+    for deployment in app["deployments"]:
+        if deployment["name"] == "ingress":
+            deployment["user_config"].pop("experiments", None)
+    return app
 
 
 def use_databases(config: dict[str, Any], databases: dict[str, Any]) -> dict[str, Any]:

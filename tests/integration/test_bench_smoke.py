@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.run import ROWS, TARGETS, get
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.bench
 def test_the_harness_runs_and_writes_every_result(tmp_path: Path) -> None:
     # Its own Ray instance and baseline process, beside the session's cluster (as `make bench` runs alone).
     done = subprocess.run(

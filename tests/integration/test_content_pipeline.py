@@ -12,6 +12,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from tests.integration.conftest import extra_app
+
 
 def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
     events, name = [], None
@@ -100,12 +102,9 @@ def test_bad_content_requests_name_the_field(client: httpx.Client) -> None:
 def degraded_config(base: dict, image_timeout_s: float, **deployment_changes: dict) -> dict:
     """The session's config plus a second app, `degraded`, at /degraded, with the given deployment changes."""
     config = copy.deepcopy(base)
-    app = copy.deepcopy(config["applications"][0])
-    app["name"], app["route_prefix"] = "degraded", "/degraded"
+    app = extra_app(config, "degraded")
     for deployment in app["deployments"]:
         deployment.update(copy.deepcopy(deployment_changes.get(deployment["name"], {})))
-        if deployment["name"] == "ingress":  # every request on the text service under test, not a variant
-            deployment["user_config"].pop("experiments", None)
         if deployment["name"] == "pipeline":
             deployment["user_config"]["timeouts_s"]["image"] = image_timeout_s
     config["applications"].append(app)

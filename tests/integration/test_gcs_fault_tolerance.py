@@ -14,7 +14,7 @@ import pytest
 from tests.integration.conftest import environment, wait_deployments_healthy, wait_healthy, wait_rolled_out
 
 APP = "content-studio"
-DOWN_S = 8.0
+DOWN_S = 10.0
 
 
 def replicas(client: httpx.Client) -> dict[str, tuple]:
@@ -27,6 +27,7 @@ class Load:
 
     def __init__(self, url: str) -> None:
         self.url, self.ok, self.failures = url, 0, []
+        self.served_at: list[float] = []  # when each success came back (time.monotonic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -44,11 +45,15 @@ class Load:
                         r = client.get("/v1/content", params={"limit": 2})
                     if r.status_code == 200:
                         self.ok += 1
+                        self.served_at.append(time.monotonic())
                     else:
                         self.failures.append((r.status_code, r.text[:200]))
                 except httpx.HTTPError as exc:
                     self.failures.append((0, repr(exc)))
                 time.sleep(0.05)
+
+    def served_between(self, start: float, end: float) -> int:
+        return sum(start < t < end for t in self.served_at)
 
     def __enter__(self) -> Load:
         self._thread.start()
@@ -77,11 +82,9 @@ def test_requests_keep_succeeding_while_the_gcs_is_down_and_the_cluster_recovers
     before = replicas(client)
     with Load(deployed_app["url"]) as load:
         time.sleep(2)
-        served_before = load.ok
         head.kill_gcs_server()
         killed = time.monotonic()
         time.sleep(DOWN_S)
-        served_while_down = load.ok - served_before
         with environment(ray_cluster["gcs_env"]):  # the new GCS finds its state in the same Redis namespace
             head.start_gcs_server()
         restarted = time.monotonic()
@@ -95,8 +98,11 @@ def test_requests_keep_succeeding_while_the_gcs_is_down_and_the_cluster_recovers
             time.sleep(0.5)
         recovered_s = time.monotonic() - restarted
         time.sleep(2)
-    print(f"GCS down {restarted - killed:.1f}s; control plane back {recovered_s:.1f}s after restart")
-    assert served_while_down > 2  # traffic went on through the proxy and the replicas (a slow CI machine serves few)
+    # Requests answered while the GCS was down (measured here: each takes 1-2 s then, against 0.05-0.1 s before:
+    # Ray's core workers wait on GCS calls; none fails). Counted by when they came back, not by a running total.
+    served_while_down = load.served_between(killed, restarted)
+    print(f"GCS down {restarted - killed:.1f}s, {served_while_down} served; control plane back in {recovered_s:.1f}s")
+    assert served_while_down >= 2  # traffic went on through the proxy and the replicas
     assert load.failures == []
     assert sum(node["Alive"] for node in ray.nodes()) == 3  # every node is back in the cluster
     wait_deployments_healthy(APP, ("ingress", "pipeline", "text", "image", "voice", "recommend"))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 
 import httpx
 import ray
 
-from scripts.serve_configs import app_of, deployments_of
-from tests.integration.conftest import wait_healthy
+from scripts.serve_configs import deployments_of
+from tests.integration.conftest import extra_app, wait_healthy
 from tests.integration.test_scaling import with_app
 
 MODELS = ("text", "image", "voice", "recommend")
@@ -88,15 +87,13 @@ def test_killing_the_image_replica_under_pipeline_load_degrades_or_retries(
 
 
 def test_overload_gets_503_at_once_and_slowness_504_at_the_timeout(deployed_app: dict, redeploy) -> None:
-    app = copy.deepcopy(app_of(deployed_app["config"]))
-    app["name"], app["route_prefix"] = "tight", "/tight"
+    app = extra_app(deployed_app["config"], "tight")
     text = deployments_of(app)["text"]
     text.update(max_ongoing_requests=1, max_queued_requests=1, autoscaling_config=None, num_replicas=1)
     text["user_config"] = {**text["user_config"], "faults": {"delay_s": 4.0}}  # each request holds 4 s
     ingress = deployments_of(app)["ingress"]
     timeouts = {**ingress["user_config"]["timeouts_s"], "text": 1.5}
-    # every request to the one tight text model: no experiment splitting traffic off to text-b
-    ingress["user_config"] = {**ingress["user_config"], "timeouts_s": timeouts, "experiments": {}}
+    ingress["user_config"] = {**ingress["user_config"], "timeouts_s": timeouts}
     redeploy(with_app(deployed_app, app), app="tight", healthy=(*MODELS, "pipeline", "ingress"))
 
     async def burst() -> list[tuple[httpx.Response, float]]:
@@ -130,8 +127,7 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
     # Spot nodes have no CPUs for anyone else: only the text replica (0 CPUs, half a `spot`) can land there.
     spot = [cluster.add_node(num_cpus=0, resources={"spot": 1}) for _ in range(2)]
     cluster.wait_for_nodes()
-    app = copy.deepcopy(app_of(deployed_app["config"]))
-    app["name"], app["route_prefix"] = "spot", "/spot"
+    app = extra_app(deployed_app["config"], "spot")
     text = deployments_of(app)["text"]
     text.update(autoscaling_config=None, num_replicas=1)
     text["ray_actor_options"] = {"num_cpus": 0, "resources": {"spot": 0.5}}
@@ -176,8 +172,7 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
 def test_a_replica_failing_its_health_checks_is_replaced(deployed_app: dict, redeploy) -> None:
     """Health checks run real inference; when they fail (here: injected through config), Serve replaces the
     replica."""
-    app = copy.deepcopy(app_of(deployed_app["config"]))
-    app["name"], app["route_prefix"] = "sick", "/sick"
+    app = extra_app(deployed_app["config"], "sick")
     voice = deployments_of(app)["voice"]
     voice.update(health_check_period_s=1, health_check_timeout_s=5, autoscaling_config=None, num_replicas=1)
     redeploy(with_app(deployed_app, app), app="sick", healthy=(*MODELS, "pipeline", "ingress"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from scripts.serve_configs import ROOT, app_of, deployments_of, load, tiny_variant
+from tests.integration.conftest import extra_app
 
 MODELS = ("text", "image", "voice", "recommend")
 
@@ -91,8 +92,7 @@ def test_health_reports_gpu_ids_and_device(client: httpx.Client, deployed_app: d
 
 def autoscaling_app(deployed_app: dict) -> dict:
     """The local profile with a fast autoscaling policy on `text` and slow text requests (2 s each)."""
-    app = copy.deepcopy(app_of(deployed_app["config"]))
-    app["name"], app["route_prefix"] = "scaling", "/scaling"
+    app = extra_app(deployed_app["config"], "scaling")
     text = deployments_of(app)["text"]
     text["max_ongoing_requests"] = 2
     text["autoscaling_config"] = {
@@ -110,12 +110,13 @@ def autoscaling_app(deployed_app: dict) -> dict:
     return app
 
 
-async def _load(url: str, seconds: float, concurrency: int) -> list[int]:
+async def _load(url: str, seconds: float, concurrency: int, until: asyncio.Event | None = None) -> list[int]:
+    """Requests from ``concurrency`` clients for ``seconds`` (or until ``until`` is set); their statuses."""
     statuses: list[int] = []
     deadline = time.monotonic() + seconds
 
     async def worker(session: httpx.AsyncClient) -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (until and until.is_set()):
             response = await session.post(url, json={"prompt": "load", "max_tokens": 2})
             statuses.append(response.status_code)
 
@@ -133,11 +134,20 @@ def test_autoscaling_scales_the_loaded_deployment_only(deployed_app: dict, redep
     peak = {"text": 1}
 
     async def load_and_watch() -> list[int]:
-        load = asyncio.create_task(_load(f"{deployed_app['url']}/scaling/v1/completions", 25, concurrency=8))
+        # Load until a second text replica runs (starting one takes from seconds to a minute, by how busy the
+        # machine is), then a little longer so that any other deployment Serve wrongly scaled would show.
+        scaled = asyncio.Event()
+        url = f"{deployed_app['url']}/scaling/v1/completions"
+        load = asyncio.create_task(_load(url, 120, concurrency=8, until=scaled))
+        scaled_at = None
         while not load.done():
             counts = running_replicas("scaling")
             for name, count in counts.items():
                 peak[name] = max(peak.get(name, 0), count)
+            if peak["text"] >= 2 and scaled_at is None:
+                scaled_at = time.monotonic()
+            if scaled_at is not None and time.monotonic() - scaled_at > 5:
+                scaled.set()
             await asyncio.sleep(0.5)
         return await load
 
@@ -156,11 +166,9 @@ def test_autoscaling_scales_the_loaded_deployment_only(deployed_app: dict, redep
 def test_a_model_update_under_load_loses_no_request(
     client: httpx.Client, deployed_app: dict, redeploy, project_root: Path
 ) -> None:
-    from scripts.build_tiny_models import build_text
-
-    version2 = project_root / ".cache" / "models" / "tiny-v2" / "text"
-    if not version2.exists():
-        build_text(version2, seed=4321)  # the same architecture, other weights: "the next model version"
+    # "The next model version": the same architecture and tokenizer, other weights. Set-up already built one (the
+    # A/B candidate, the same training stopped halfway); training another here would cost the suite minutes.
+    version2 = project_root / ".cache" / "models" / "tiny" / "text-b"
     before = client.get("/v1/health").json()["services"]
     prompt = {"prompt": "Once upon", "max_tokens": 8, "seed": 1, "temperature": 1.0}
     old_text = client.post("/v1/completions", json=prompt).json()["choices"][0]["text"]
