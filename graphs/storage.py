@@ -81,6 +81,11 @@ class AssetStore:
         return self.fs.exists(self._path(key))
 
 
+class KeyLost(RuntimeError):
+    """A content whose idempotency key was given back (or taken by another attempt) before it was stored: it is
+    not stored, so that the key makes exactly one content."""
+
+
 @dataclass(frozen=True)
 class OutboxEntry:
     """Something the catalog owes another service (``kind``: ``register_item``), with its payload."""
@@ -115,7 +120,15 @@ class ContentCatalog(MigratedStore):
         now = time.time()
         with self._unavailable(), self.engine.begin() as conn:
             if idempotency_key is not None:
-                conn.execute(sa.update(KEYS).where(KEYS.c.key == idempotency_key).values(state="done"))
+                # Only while the key still stands for this content: an attempt cancelled while it stored (its
+                # client gone) gives its key back, and a resend may already be making the content anew.
+                ended = conn.execute(
+                    sa.update(KEYS)
+                    .where(KEYS.c.key == idempotency_key, KEYS.c.content_id == record["id"])
+                    .values(state="done")
+                )
+                if ended.rowcount != 1:
+                    raise KeyLost(f"idempotency key {idempotency_key!r} no longer stands for content {record['id']}")
             conn.execute(
                 sa.insert(CONTENT),
                 {

@@ -170,8 +170,15 @@ def test_a_model_update_under_load_loses_no_request(
     # A/B candidate, the same training stopped halfway); training another here would cost the suite minutes.
     version2 = project_root / ".cache" / "models" / "tiny" / "text-b"
     before = client.get("/v1/health").json()["services"]
-    prompt = {"prompt": "Once upon", "max_tokens": 8, "seed": 1, "temperature": 1.0}
-    old_text = client.post("/v1/completions", json=prompt).json()["choices"][0]["text"]
+    # The prompt's own log probabilities (echo, no new tokens) tell the weights apart even where both versions
+    # would write the same words.
+    prompt = {"prompt": "Once upon a time", "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+
+    def scored() -> list[float]:
+        logprobs = client.post("/v1/completions", json=prompt).json()["choices"][0]["logprobs"]["token_logprobs"]
+        return [round(lp, 4) for lp in logprobs[1:]]
+
+    old_scores = scored()
 
     updated = copy.deepcopy(deployed_app["config"])
     text = deployments_of(app_of(updated))["text"]
@@ -190,7 +197,7 @@ def test_a_model_update_under_load_loses_no_request(
     assert after["text"]["source"] == str(version2)
     assert after["text"]["replica"] == before["text"]["replica"]  # swapped in place, not restarted
     assert after["text"]["reloads"] == before["text"]["reloads"] + 1
-    assert client.post("/v1/completions", json=prompt).json()["choices"][0]["text"] != old_text
+    assert scored() != old_scores  # the new weights answer
     for name in ("image", "voice", "recommend"):
         assert after[name]["replica"] == before[name]["replica"], name
         assert after[name]["loaded_at"] == before[name]["loaded_at"], name

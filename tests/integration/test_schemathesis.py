@@ -38,7 +38,8 @@ def schemathesis(base_url: str, log: Path, *selection: str) -> subprocess.Popen[
 def test_schemathesis_with_every_check_finds_nothing(base_url: str, tmp_path: Path) -> None:
     logs = [tmp_path / "text.log", tmp_path / "rest.log"]
     runs = [
-        schemathesis(base_url, logs[0], "--include-path-regex", TEXT_ROUTES),
+        # The text routes have no links: no stateful phase for them (it would fail for want of links).
+        schemathesis(base_url, logs[0], "--include-path-regex", TEXT_ROUTES, "--phases", "examples,coverage,fuzzing"),
         schemathesis(base_url, logs[1], "--exclude-path-regex", TEXT_ROUTES),
     ]
     tested = 0

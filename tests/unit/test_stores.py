@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from deployments.recommend import InteractionStore, ItemIn
 from deployments.sql import StoreUnavailable, create_engine, current_revision, migrate, resolve_url
-from graphs.storage import ContentCatalog
+from graphs.storage import ContentCatalog, KeyLost
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -175,3 +175,18 @@ def test_urls_can_come_from_the_environment(monkeypatch, tmp_path: Path) -> None
     monkeypatch.delenv("CS_TEST_DB")
     with pytest.raises(ValueError, match="CS_TEST_DB"):
         resolve_url("env:CS_TEST_DB")
+
+
+def test_a_content_stores_only_while_its_idempotency_key_stands_for_it(database_url: str) -> None:
+    """The race the chaos test found: an attempt cancelled while it stored gives its key back, a resend claims the
+    key for a new content; the first attempt's store, finishing late, must then write nothing."""
+    catalog = ContentCatalog(database_url)
+    assert catalog.claim_key("k-late", "fp", cid(7), lease_s=600)[0] == "new"
+    catalog.release_key("k-late")  # the cancelled attempt gives the key back...
+    assert catalog.claim_key("k-late", "fp", cid(8), lease_s=600) == ("new", cid(8), None)  # ...a resend takes it
+    with pytest.raises(KeyLost):  # ...and the first attempt's store comes too late: nothing of it is written
+        catalog.add(record(cid(7)), [("register_item", {"item_id": cid(7)})], idempotency_key="k-late")
+    catalog.add(record(cid(8)), [("register_item", {"item_id": cid(8)})], idempotency_key="k-late")
+    assert catalog.get(cid(7)) is None and catalog.get(cid(8)) is not None
+    assert catalog.page(10, 0)[1] == 1 and catalog.outbox_state() == {"delivered": 0, "pending": 1}
+    assert catalog.claim_key("k-late", "fp", cid(9), lease_s=600)[:2] == ("done", cid(8))
