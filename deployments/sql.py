@@ -175,6 +175,33 @@ def migrate(engine: Any, store: str, lock_path: Path | None = None) -> str:
         return current_revision(conn, store)
 
 
+def run_alembic_environment() -> None:
+    """The body of every store's Alembic ``env.py``: migrations run on the connection the service hands over
+    (:func:`migrate`), or on ``sqlalchemy.url`` / ``$CONTENT_STUDIO_DATABASE_URL`` when run by hand."""
+    import os
+
+    import sqlalchemy as sa
+    from alembic import context
+
+    config = context.config
+
+    def run(connection: sa.engine.Connection) -> None:
+        context.configure(
+            connection=connection, target_metadata=None, version_table=config.get_main_option("version_table")
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    url = config.get_main_option("sqlalchemy.url") or os.environ["CONTENT_STUDIO_DATABASE_URL"]
+    with sa.create_engine(url).connect() as own:
+        run(own)
+        own.commit()
+
+
 def current_revision(conn: Any, store: str) -> str:
     import sqlalchemy as sa
 
