@@ -60,7 +60,11 @@ def tiny_variant(
         scaling = deployment.get("autoscaling_config")
         if scaling:  # start at the minimum: a test machine has no room for production's initial fleet
             scaling["initial_replicas"] = scaling.get("min_replicas", 1)
-    # Keep only the experiments whose variant deployments this application has.
+    return keep_possible_experiments(app)
+
+
+def keep_possible_experiments(app: dict[str, Any]) -> dict[str, Any]:
+    """Keep only the ingress's experiments whose variant deployments ``app`` has (in place; returns ``app``)."""
     names = set(deployments_of(app))
     for deployment in app["deployments"]:
         experiments = deployment["user_config"].get("experiments") if deployment["name"] == "ingress" else None

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from scripts.serve_configs import keep_possible_experiments
 from scripts.serve_local import READY_TIMEOUT_S, free_port, serve_cli, session_config, wait_healthy
 from tests.conftest import REDIS_URL, redis_reachable
 
@@ -146,10 +147,7 @@ def extra_app(config: dict[str, Any], name: str) -> dict[str, Any]:
     app["name"], app["route_prefix"] = name, f"/{name}"
     variants = {n for names in app.get("args", {}).pop("variants", {}).values() for n in names}
     app["deployments"] = [d for d in app["deployments"] if d["name"] not in variants]
-    for deployment in app["deployments"]:
-        if deployment["name"] == "ingress":
-            deployment["user_config"].pop("experiments", None)
-    return app
+    return keep_possible_experiments(app)
 
 
 def use_databases(config: dict[str, Any], databases: dict[str, Any]) -> dict[str, Any]:
