@@ -27,15 +27,25 @@ class TextDeployment(ModelReplica[TextConfig, TextService]):
         return TextService(config)
 
     def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
-        if isinstance(result, TextResult | Article) and seconds > 0:
-            telemetry.count("content_studio_tokens_generated", result.completion_tokens, model=result.model)
-            telemetry.observe(
-                "content_studio_tokens_per_second", result.completion_tokens / seconds, model=result.model
-            )
+        results = result if isinstance(result, list) else [result]
+        for one in results:
+            if isinstance(one, TextResult | Article) and seconds > 0:
+                telemetry.count("content_studio_tokens_generated", one.completion_tokens, model=one.model)
+                telemetry.observe("content_studio_tokens_per_second", one.completion_tokens / seconds, model=one.model)
 
     async def generate(self, request: TextRequest) -> TextResult:
         model = self.model
         return await self.measure("generate", (request,), lambda: model.generate(model.prepare(request)))
+
+    async def generate_many(self, requests: list[TextRequest]) -> list[TextResult]:
+        """Every prompt of one completion request in one call: one place at the edge, in Serve's queue and in
+        the engine's (every prompt is validated before any runs, so a bad one fails the request at once)."""
+        model = self.model
+
+        async def work() -> list[TextResult]:
+            return await model.generate_many([model.prepare(r) for r in requests])
+
+        return await self.measure("generate_many", (requests,), work)
 
     async def generate_stream(self, request: TextRequest) -> AsyncIterator[StreamStart | ChoiceDelta | TextResult]:
         """A ``StreamStart`` once the request is accepted (a bad request fails before anything streams), then

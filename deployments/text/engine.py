@@ -62,6 +62,7 @@ class EngineRequest:
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    group: str | None = None  # the request this sequence belongs to: its sequences wait as one (None: its own)
 
 
 @dataclass

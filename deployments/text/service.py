@@ -71,6 +71,7 @@ class Prepared:
     tool_mode: str = "none"  # none | named | required | auto
     tool_name: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    group: str | None = None  # the request its candidates wait in the engine as (None: this one alone)
 
     @property
     def candidates(self) -> int:
@@ -304,6 +305,14 @@ class TextService:
         choices = [self._choice(prepared, i, o) for i, o in enumerate(outcomes)]
         return await self._result(prepared, choices)
 
+    async def generate_many(self, prepared: list[Prepared]) -> list[TextResult]:
+        """Several prompts of one request (a completion's prompt list): their sequences wait in the engine as one
+        request, so a request is admitted or refused whole, and never refused only for its size."""
+        group = uuid.uuid4().hex
+        for one in prepared:
+            one.group = group
+        return list(await asyncio.gather(*(self.generate(one) for one in prepared)))
+
     async def stream(self, prepared: Prepared) -> AsyncIterator[StreamStart | ChoiceDelta | TextResult]:
         """A ``StreamStart``, then ``ChoiceDelta``s of every choice as they come, then the full ``TextResult``.
         Closing the stream cancels every choice in the engine."""
@@ -355,7 +364,9 @@ class TextService:
         request_id = f"{prepared.request_id}-{index}"
         params = prepared.params[index]
         engine = await self._engine()
-        await engine.submit(EngineRequest(request_id, prepared.prompt_ids, params))
+        await engine.submit(
+            EngineRequest(request_id, prepared.prompt_ids, params, prepared.group or prepared.request_id)
+        )
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stops = StopStrings(prepared.stops)
         named = prepared.tool_mode == "named"

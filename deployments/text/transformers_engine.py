@@ -11,9 +11,12 @@ order, picks each row's token with ``sample_step`` and hands it back as the only
 sampling then takes the arg-max). The manager runs greedy, without CUDA graphs (our step runs Python per row) and
 without async double-buffering (the step must see every row's latest token).
 
-Admission: a request is admitted while fewer than ``max_running`` run and the prompt + ``max_tokens`` of those
-admitted fit the KV cache (times ``kv_overcommit``); others wait in a queue of ``max_waiting``; one more is refused
-with ``EngineOverloaded`` (503 + Retry-After). So a full cache queues or refuses; it never crashes the loop.
+Admission: a sequence is admitted while fewer than ``max_running`` run and the prompt + ``max_tokens`` of those
+admitted fit the KV cache (times ``kv_overcommit``); others wait in a queue of ``max_waiting`` requests; one more
+is refused with ``EngineOverloaded`` (503 + Retry-After). So a full cache queues or refuses; it never crashes the
+loop. The sequences of one request (its ``n`` or ``best_of`` candidates, every prompt of a completion: one
+``group``) wait as one: a request takes one place in the queue however many sequences it holds, so a request
+that is valid alone is never refused because it is large, and the queue counts what Serve and the edge count.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from deployments.text.config import EngineConfig
 from deployments.text.engine import (
@@ -40,6 +43,13 @@ logger = logging.getLogger("content_studio.text.engine")
 CPU_DEFAULT_BLOCKS = 256
 
 
+class _Waiter(NamedTuple):
+    tokens: int
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+    group: object
+
+
 class Admission:
     """Counts running requests and their reserved KV tokens; callers wait in FIFO order, from any event loop."""
 
@@ -48,14 +58,14 @@ class Admission:
         self.retry_after_s = retry_after_s
         self.running = 0
         self.reserved = 0
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None], asyncio.AbstractEventLoop]] = (
-            collections.deque()
-        )
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._groups: collections.Counter[object] = collections.Counter()  # waiting sequences per request
         self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        """Requests waiting (each with one or more sequences)."""
+        return len(self._groups)
 
     def _fits(self, tokens: int) -> bool:
         if self.running >= self.max_running:
@@ -66,37 +76,50 @@ class Admission:
         self.running += 1
         self.reserved += tokens
 
-    async def acquire(self, tokens: int) -> None:
+    async def acquire(self, tokens: int, group: object = None) -> None:
+        """A place for one sequence of ``tokens`` (prompt + max_tokens); ``group``: the request it belongs to
+        (None: a request of its own)."""
+        group = object() if group is None else group
         with self._lock:
             if not self._waiters and self._fits(tokens):
                 self._take(tokens)
                 return
-            if len(self._waiters) >= self.max_waiting:
+            if group not in self._groups and len(self._groups) >= self.max_waiting:
                 raise EngineOverloaded(
-                    f"the text engine is full ({self.running} running, {len(self._waiters)} waiting)",
+                    f"the text engine is full ({self.running} sequences running, {len(self._groups)} requests waiting)",
                     self.retry_after_s,
                 )
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((tokens, future, loop))
+            self._waiters.append(_Waiter(tokens, future, loop, group))
+            self._groups[group] += 1
         try:
             await future
         except asyncio.CancelledError:
             with self._lock:
-                self._waiters = collections.deque(w for w in self._waiters if w[1] is not future)
+                left = [w for w in self._waiters if w.future is future]
+                self._waiters = collections.deque(w for w in self._waiters if w.future is not future)
+                for waiter in left:
+                    self._leave(waiter.group)
             raise
 
+    def _leave(self, group: object) -> None:
+        self._groups[group] -= 1
+        if self._groups[group] <= 0:
+            del self._groups[group]
+
     def release(self, tokens: int) -> None:
-        wake: list[tuple[int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
+        wake: list[_Waiter] = []
         with self._lock:
             self.running -= 1
             self.reserved -= tokens
-            while self._waiters and self._fits(self._waiters[0][0]):
+            while self._waiters and self._fits(self._waiters[0].tokens):
                 waiter = self._waiters.popleft()
-                self._take(waiter[0])
+                self._leave(waiter.group)
+                self._take(waiter.tokens)
                 wake.append(waiter)
-        for tokens_, future, loop in wake:
-            loop.call_soon_threadsafe(self._admit, future, tokens_)
+        for waiter in wake:
+            waiter.loop.call_soon_threadsafe(self._admit, waiter.future, waiter.tokens)
 
     def _admit(self, future: asyncio.Future[None], tokens: int) -> None:
         if future.cancelled():  # the caller gave up after its place was given: give the place back
@@ -242,7 +265,7 @@ class TransformersEngine:
             raise ValueError(f"request id {request.request_id!r} is in use")
         reserved = len(request.prompt_ids) + request.params.max_tokens
         admission = self.admission
-        await admission.acquire(reserved)
+        await admission.acquire(reserved, request.group)
         try:
             matcher = self._matcher(request.params.grammar)
             row = RowState(request.params, request.prompt_ids, matcher, self.device)
@@ -401,8 +424,8 @@ class TransformersEngine:
                 "max_batch_tokens": kv.max_batch_tokens,
                 "max_requests_per_batch": kv.max_requests_per_batch,
             },
-            "running": admission.running if admission else 0,
-            "waiting": admission.waiting if admission else 0,
+            "running": admission.running if admission else 0,  # sequences
+            "waiting": admission.waiting if admission else 0,  # requests (each one or more sequences)
             "reserved_tokens": admission.reserved if admission else 0,
             "steps": self.steps,
         }

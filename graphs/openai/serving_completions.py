@@ -3,7 +3,6 @@ probabilities, plain or streamed."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -48,11 +47,8 @@ async def completions(
     started = time.perf_counter()
     requests, assignment = ingress.route_all("text", requests, user_id)
     deployment = assignment.deployment if assignment else "text"
-    try:
-        with ingress.admitted(deployment):  # one place for the request, however many prompts it holds
-            results = await asyncio.gather(
-                *(ingress.call("text", "generate", r, deployment=deployment, admit=False) for r in requests)
-            )
+    try:  # one call for every prompt: one place at the edge, in Serve's queue and in the engine's
+        results = await ingress.call("text", "generate_many", requests, deployment=deployment)
     except Exception as exc:
         ingress.count(assignment, time.perf_counter() - started, getattr(exc, "status_code", 500) < 500)
         raise

@@ -254,6 +254,15 @@ def test_async_client_and_several_prompts(base_url: str) -> None:
     assert [c.text for c in batch.choices[:2]] == [c.text for c in alone.choices]
 
 
+def test_a_request_larger_than_the_engine_queue_is_served_whole(oai: openai.OpenAI) -> None:
+    """8 prompts x 8 choices are 64 sequences, more than the local engine runs and queues (16 + 32): they wait
+    as one request (one place in the queue, as at the edge), so the request is served, not refused with 503."""
+    prompts = [f"The harbour {n}" for n in range(8)]
+    done = oai.completions.create(model=MODEL, prompt=prompts, max_tokens=3, n=8, seed=5)
+    assert len(done.choices) == 64 and [c.index for c in done.choices] == list(range(64))
+    assert done.usage.completion_tokens <= 64 * 3
+
+
 def test_probe_routes(base_url: str) -> None:
     assert httpx.get(f"{base_url}/health").status_code == 200
     assert httpx.get(f"{base_url}/ping").status_code == 200

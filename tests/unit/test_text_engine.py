@@ -175,6 +175,31 @@ def test_admission_counts_tokens_and_hands_places_on_in_order() -> None:
     assert admission.running == 2 and admission.reserved == 60
 
 
+def test_the_sequences_of_one_request_wait_as_one_request() -> None:
+    """A request's candidates (``n``, ``best_of``, every prompt of a completion) take one place in the queue: a
+    large request alone is never refused, and a second request still finds the queue full at ``max_waiting``."""
+    admission = Admission(max_running=1, max_waiting=1, token_budget=100, retry_after_s=1)
+
+    async def scenario() -> int:
+        await admission.acquire(10)  # the one running place is taken
+        waiting = [asyncio.ensure_future(admission.acquire(10, "big")) for _ in range(6)]
+        await asyncio.sleep(0.01)
+        assert admission.waiting == 1  # six sequences, one request
+        with pytest.raises(EngineOverloaded):
+            await admission.acquire(10, "other")
+        waiting[-1].cancel()  # one sequence gives up: its request still waits with the rest
+        await asyncio.sleep(0.01)
+        assert admission.waiting == 1
+        for _ in range(5):
+            admission.release(10)
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*waiting[:-1])
+        return admission.waiting
+
+    assert asyncio.run(scenario()) == 0
+    assert admission.running == 1
+
+
 def tables(vocab: int = 8) -> TokenTables:
     raw = [b"a", b"b", b'"', b"}", b"c", b"", b"d", b"e"][:vocab]
     return TokenTables(vocab, eos_ids=[5], token_bytes=raw)
