@@ -8,7 +8,9 @@ then a fresh serving process (a replica, with its own memory) loads that version
 - ANN recall@10 of both against exact scoring of every item;
 - the replica's resident memory after loading, and the retraining time;
 - then the same version behind the Ray Serve deployment (one replica on a local Ray): recommendations and similar
-  items as a caller of the deployment sees them, and the replica actor's memory.
+  items as a caller of the deployment sees them, and the replica actor's memory;
+- last, the whole local application serving that catalogue: content requests through HTTP, counting contents whose
+  recommendations stage failed or timed out (``partial``) and that stage's time.
 
     python -m bench.recs --sizes 10000 100000 1000000 --out bench/results
 """
@@ -16,6 +18,7 @@ then a fresh serving process (a replica, with its own memory) loads that version
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -221,13 +224,79 @@ def through_deployment(size: int, folder: Path, queries: int = 200, seed: int = 
         ray.shutdown()
 
 
-def run_size(size: int) -> dict[str, Any]:
+def through_pipeline(size: int, folder: Path, contents: int = 12) -> dict[str, Any]:
+    """The whole local application (tiny text, image and voice models) with its recommender serving this
+    catalogue: content requests through HTTP, each one writing, illustrating, voicing, storing and recommending.
+    A content whose recommendations stage failed or timed out comes back ``partial``; the stage's own time is
+    in its ``timings_ms`` (registering the new item into this catalogue: ``register``)."""
+    import httpx
+    import yaml
+    from ray import serve
+
+    from bench.run import deploy, start_ray
+    from scripts.serve_configs import app_of, deployments_of
+    from scripts.serve_local import free_port, session_config, wait_healthy
+
+    root = folder / "app"
+    root.mkdir(exist_ok=True)
+    if not (root / ".cache").exists():
+        (root / ".cache").symlink_to(ROOT / ".cache")  # the tiny models; the app's own data stays in the folder
+    app_config = session_config(yaml.safe_load((ROOT / "configs" / "local.yaml").read_text()), root, free_port())
+    recommend = deployments_of(app_of(app_config))["recommend"]
+    recommend["user_config"] = config(folder).model_dump(mode="json")
+    recommend["health_check_timeout_s"] = 600
+    url = f"http://127.0.0.1:{app_config['http_options']['port']}"
+    dashboard = start_ray()
+    try:
+        deploy(app_config, dashboard, root, "app")
+        wait_healthy(url, timeout=900)
+        rng = np.random.default_rng(3)
+        users = [f"user-{int(u)}" for u in rng.integers(max(100, size // 10), size=contents)]
+        records, seconds = [], []
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for n, user in enumerate(users):
+                started = time.perf_counter()
+                response = client.post("/v1/content", json={"topic": f"harbours and tides, part {n}", "user_id": user})
+                seconds.append(time.perf_counter() - started)
+                response.raise_for_status()
+                records.append(response.json())
+        stage = [r["timings_ms"].get("recommendations", float("nan")) for r in records]
+        return {
+            "pipeline_contents": len(records),
+            "pipeline_partial": sum(r["status"] != "complete" for r in records),
+            "pipeline_recommendation_errors": sum("recommendations" in (r.get("errors") or {}) for r in records),
+            "pipeline_with_recommendations": sum(bool(r["recommendations"]) for r in records),
+            "pipeline_recommendations_stage_p50_ms": float(np.nanpercentile(stage, 50)),
+            "pipeline_recommendations_stage_p95_ms": float(np.nanpercentile(stage, 95)),
+            "pipeline_recommendations_stage_ms": [round(ms, 1) for ms in stage],
+            "pipeline_p50_s": float(np.percentile(seconds, 50)),
+        }
+    finally:
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+
+
+def run_size(size: int, keep: Path | None = None) -> dict[str, Any]:
+    """Every step in its own process. ``keep``: prepare each size once into ``keep/<size>`` and reuse it on the
+    next run (a million items take minutes to register and retrain; serving steps can then be rerun alone)."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    with tempfile.TemporaryDirectory(prefix=f"recs-{size}-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"recs-{size}-")))
+        else:
+            folder = keep / str(size)
+            folder.mkdir(parents=True, exist_ok=True)
         out: dict[str, Any] = {}
-        for step in ("prepare", "serve", "deployment"):
+        prepared = folder / "prepare.json"
+        if prepared.exists():
+            out.update(json.loads(prepared.read_text()))
+        for step in ("prepare", "serve", "deployment", "pipeline"):
+            if step == "prepare" and prepared.exists():
+                continue
             done = subprocess.run(
-                [sys.executable, "-m", "bench.recs", "--step", step, "--size", str(size), "--dir", tmp],
+                [sys.executable, "-m", "bench.recs", "--step", step, "--size", str(size), "--dir", str(folder)],
                 cwd=ROOT,
                 env=env,
                 capture_output=True,
@@ -236,7 +305,10 @@ def run_size(size: int) -> dict[str, Any]:
             )
             if done.returncode != 0:
                 raise RuntimeError(f"{step} {size}: {done.stderr[-3000:]}")
-            out.update(json.loads(done.stdout.strip().splitlines()[-1]))
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            if step == "prepare" and keep is not None:
+                prepared.write_text(json.dumps(result))
+            out.update(result)
     return out
 
 
@@ -268,6 +340,12 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "target": TARGETS["ann_recall"],
             "met": all(min(r["recommend_recall@10"], r["similar_recall@10"]) >= TARGETS["ann_recall"] for r in rows),
         },
+        f"content pipeline recommendation failures at {largest['items']}": {
+            "value": largest.get("pipeline_recommendation_errors", float("nan")),
+            "target": 0,
+            "met": largest.get("pipeline_recommendation_errors") == 0
+            and largest.get("pipeline_with_recommendations") == largest.get("pipeline_contents"),
+        },
         f"replica RSS GB at {largest['items']}": {
             "value": largest["rss_gb"],
             "target": TARGETS["rss_gb"],
@@ -292,6 +370,8 @@ def markdown(rows: list[dict[str, Any]], met: dict[str, Any]) -> str:
         "deployment_recommend_p95_ms",
         "deployment_similar_p95_ms",
         "deployment_rss_gb",
+        "pipeline_partial",
+        "pipeline_recommendations_stage_p95_ms",
     ]
     cols = [c for c in cols if all(c in r for r in rows)]
     lines = ["## The recommender at catalogue scale", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
@@ -339,7 +419,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--step", choices=["prepare", "serve", "deployment"], help=argparse.SUPPRESS)
+    parser.add_argument("--keep", type=Path, help="prepare each size once into KEEP/<size> and reuse it")
+    parser.add_argument("--step", choices=["prepare", "serve", "deployment", "pipeline"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -352,10 +433,13 @@ def main() -> None:
     if args.step == "deployment":
         print(json.dumps(through_deployment(args.size, args.dir)))
         return
+    if args.step == "pipeline":
+        print(json.dumps(through_pipeline(args.size, args.dir)))
+        return
     rows = []
     for size in args.sizes:
         print(f"recs: {size} items ...", flush=True)
-        rows.append(run_size(size))
+        rows.append(run_size(size, args.keep))
         print(json.dumps(rows[-1]), flush=True)
     met = targets(rows)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,11 @@ class RecommendDeployment(ModelReplica[RecommendConfig, Recommender]):
     reload_fields = frozenset({"model", "trained_dir"})
 
     def load_model(self, config: RecommendConfig) -> Recommender:
-        return Recommender(config, background=True)
+        """The replica takes requests once its item space is open (at a million items a load takes seconds:
+        the first request must not pay it, nor time out the pipeline's recommendations stage)."""
+        model = Recommender(config, background=True)
+        model.warm()
+        return model
 
     def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
         if isinstance(result, Recommendations):

@@ -43,6 +43,7 @@ from deployments.telemetry import telemetry
 
 logger = logging.getLogger("content_studio.recommend")
 FOLLOW_OVERLAP_S = 60.0  # items are followed from a little before the newest one held (clocks of nodes differ)
+FOLLOW_PAGE = 10_000  # ids read per query while following (bounds a replica's memory after a bulk import)
 
 
 class TrainingBusy(RequestError):
@@ -117,14 +118,28 @@ class Recommender:
         return load_model_dir(self.registry.path(version), version=version)
 
     def refresh(self) -> bool:
-        """Swap in the published version if it is newer than ours (between requests: one reference swap)."""
+        """Swap in the published version if it is newer than ours. Its item space is opened first (at a million
+        items, seconds), then snapshot and space are swapped together: no query waits for a version to load."""
         version = self.registry.current()
         if version is None or version == self.snapshot.version:
             return False
-        self.snapshot = load_model_dir(self.registry.path(version), version=version)
+        snap = load_model_dir(self.registry.path(version), version=version)
+        self._serve(snap)
         self._popular_cache = None
         logger.info("recommender now serves version %s", version)
         return True
+
+    def warm(self) -> None:
+        """Open the current version's item space now (a replica calls it before taking requests)."""
+        self.space()
+
+    def _serve(self, snap: FactorModel) -> None:
+        settings = self._settings()
+        opened = self._open_space(snap, settings)
+        with self._space_lock:
+            self.snapshot = snap
+            self._space = ((snap.version, self.config.content_dim, settings), opened)
+            self._followed = (0.0, -1.0)
 
     def _maintain(self) -> None:
         while not self._stop.wait(self.config.refresh_s):
@@ -260,7 +275,22 @@ class Recommender:
     def _registered(self, since: float) -> list[tuple[str, float, np.ndarray]]:
         """Registered items from ``since`` on, with their vectors (rows stored before vectors existed, or with
         another dimension, are vectorised from their text)."""
-        rows = self.store.items_since(since)
+        return self._with_vectors(self.store.items_since(since))
+
+    def _unheld(self, space: ItemSpace) -> list[tuple[str, float, np.ndarray]]:
+        """Items registered since the space's newest one (less ``FOLLOW_OVERLAP_S``) that it does not hold, with
+        their vectors. Ids are paged and checked first, so the overlap costs one id per item and no vectors
+        (after a bulk import, a minute holds a great many items the version already has)."""
+        since, after, unheld = space.watermark - FOLLOW_OVERLAP_S, None, []
+        while True:
+            page = self.store.item_times_since(since, after, FOLLOW_PAGE)
+            unheld += [item_id for item_id, _ in page if item_id not in space.index]
+            if len(page) < FOLLOW_PAGE:
+                break
+            after = (page[-1][1], page[-1][0])
+        return self._with_vectors(self.store.items_by_id(unheld)) if unheld else []
+
+    def _with_vectors(self, rows: list[tuple[str, float, bytes | None, str]]) -> list[tuple[str, float, np.ndarray]]:
         vectors = [from_bytes(blob, self.encoder.dim) for _, _, blob, _ in rows]
         missing = [n for n, v in enumerate(vectors) if v is None]
         if missing:
@@ -272,10 +302,14 @@ class Recommender:
     def space(self) -> ItemSpace:
         """Every rankable item: the version's saved space (or one built from the seed), plus the items
         registered since, added one by one as they are seen (at most a second late)."""
-        snap = self.snapshot
+        return self.serving()[1]
+
+    def serving(self) -> tuple[FactorModel, ItemSpace]:
+        """The snapshot and its space, read together (a refresh swaps both at once)."""
         settings = self._settings()
-        key = (snap.version, self.config.content_dim, settings)
         with self._space_lock:
+            snap = self.snapshot
+            key = (snap.version, self.config.content_dim, settings)
             cached = self._space
             if cached is None or cached[0] != key:
                 cached = (key, self._open_space(snap, settings))
@@ -286,7 +320,7 @@ class Recommender:
             if now - self._followed[0] > 1.0:
                 newest = self.store.newest_item_time()
                 if newest != self._followed[1]:
-                    fresh = [r for r in self._registered(space.watermark - FOLLOW_OVERLAP_S) if r[0] not in space.index]
+                    fresh = self._unheld(space)
                     if fresh:
                         space.add(
                             [i for i, _, _ in fresh],
@@ -294,7 +328,7 @@ class Recommender:
                             created_at=max(c for _, c, _ in fresh),
                         )
                 self._followed = (now, newest)
-        return space
+        return snap, space
 
     def _open_space(self, snap: FactorModel, settings: SpaceSettings) -> ItemSpace:
         """The space saved with this version; a seed or a fresh install builds one from what is registered."""
@@ -353,14 +387,15 @@ class Recommender:
     def scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[str], ItemSpace] | None:
         """Blended-to-be (collaborative, content) scores of the candidate rows for a user (every row when
         exact; ANN candidates otherwise), or None for a user without history."""
-        snap, space = self.snapshot, self.space()
+        snap, space = self.serving()
         row, has_new_events, touched = self._history(snap, user_id)
         vector = snap.user_vector(user_id, row, has_new_events)
         profile = space.profile(touched)
         if vector is None and profile is None:
             return None
         if self._approximate(space):
-            rows = space.candidates({"factors": vector, "content": profile}, self.config.ann_candidates)
+            counts = {"factors": self.config.ann_candidates, "content": self.config.profile_candidates}
+            rows = space.candidates({"factors": vector, "content": profile}, counts)
         else:
             rows = np.arange(space.n)
         factors, content = space.factors[rows], space.content[rows]
@@ -415,13 +450,14 @@ class Recommender:
     def similar(self, request: SimilarRequest) -> Recommendations:
         """Items like this one: factor cosine (estimated factors for new items) blended with text similarity."""
         k = self._k(request.k)
-        space = self.space()
+        snap, space = self.serving()
         n = space.index.get(request.item_id)
         if n is None:
             raise RequestError("item_id", f"unknown item {request.item_id!r}", status_code=404)
         unit, vector = space.unit[n], space.content[n]
         if self._approximate(space):
-            rows = space.candidates({"unit": unit, "content": vector}, self.config.ann_candidates)
+            counts = dict.fromkeys(("unit", "content"), self.config.ann_candidates)
+            rows = space.candidates({"unit": unit, "content": vector}, counts)
         else:
             rows = np.arange(space.n)
         collaborative = space.unit[rows] @ unit
@@ -438,7 +474,7 @@ class Recommender:
             from_content = weight * content[m] > (1 - weight) * collaborative[m]
             reason: Reason = "content" if from_content else "similar"
             items.append(ScoredItem(item_id=space.item_ids[row], score=float(blended[m]), reason=reason))
-        return Recommendations(items=self._titled(items), model_version=self.snapshot.version)
+        return Recommendations(items=self._titled(items), model_version=snap.version)
 
 
 def _pick(

@@ -102,10 +102,11 @@ class ItemSpace:
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else None
 
-    def candidates(self, queries: dict[str, np.ndarray | None], k: int) -> np.ndarray:
-        """Rows the ANN indexes find for these queries (by index name), merged; exact re-ranking follows."""
+    def candidates(self, queries: dict[str, np.ndarray | None], counts: dict[str, int]) -> np.ndarray:
+        """Rows the ANN indexes find for these queries (by index name; ``counts[name]`` rows each), merged;
+        exact re-ranking follows."""
         found = [
-            self.indexes[name].search(query, k)
+            self.indexes[name].search(query, counts[name])
             for name, query in queries.items()
             if query is not None and name in self.indexes
         ]

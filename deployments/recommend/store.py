@@ -117,6 +117,37 @@ class InteractionStore(MigratedStore):
         with self._unavailable(), self.engine.connect() as conn:
             return [(i, float(c), v, x or "") for i, c, v, x in conn.execute(query)]
 
+    def item_times_since(
+        self, created_after: float, after: tuple[float, str] | None = None, limit: int = 10_000
+    ) -> list[tuple[str, float]]:
+        """Ids and registration times of items from ``created_after`` on, in (created_at, item_id) order, at
+        most ``limit`` of them past ``after`` (keyset paging): how a replica finds the items it lacks without
+        reading the vectors of those it holds."""
+        t = ITEMS
+        query = sa.select(t.c.item_id, t.c.created_at)
+        if after is None:
+            query = query.where(t.c.created_at >= created_after)
+        else:  # a range on the created_at index, then past the last id of the same time
+            query = query.where(
+                t.c.created_at >= max(created_after, after[0]),
+                sa.or_(t.c.created_at > after[0], t.c.item_id > after[1]),
+            )
+        query = query.order_by(t.c.created_at, t.c.item_id).limit(limit)
+        with self._unavailable(), self.engine.connect() as conn:
+            return [(i, float(c)) for i, c in conn.execute(query)]
+
+    def items_by_id(self, item_ids: list[str]) -> list[tuple[str, float, bytes | None, str]]:
+        """These items as ``items_since`` gives them, in registration order."""
+        t = ITEMS
+        text = sa.case((t.c.vector.is_(None), t.c.title + "\n" + t.c.text), else_=sa.literal(""))
+        out: list[tuple[str, float, bytes | None, str]] = []
+        with self._unavailable(), self.engine.connect() as conn:
+            for start in range(0, len(item_ids), 500):
+                chunk = item_ids[start : start + 500]
+                query = sa.select(t.c.item_id, t.c.created_at, t.c.vector, text).where(t.c.item_id.in_(chunk))
+                out += [(i, float(c), v, x or "") for i, c, v, x in conn.execute(query)]
+        return sorted(out, key=lambda row: (row[1], row[0]))
+
     def newest_item_time(self) -> float:
         """When the newest item was registered (an index lookup: cheap enough to ask every second)."""
         with self._unavailable(), self.engine.connect() as conn:

@@ -134,3 +134,24 @@ def test_a_large_build_indexes_content_once_and_estimates_like_the_exact_path(mo
         for a, b in zip(space.factors[cold_rows], exact, strict=True)
     ]
     assert np.median(agree) > 0.99 and min(agree) > 0.9
+
+
+def test_a_replica_opens_a_new_version_space_before_it_serves_that_version(tiny_models, tmp_path, monkeypatch) -> None:
+    """A version's item space takes seconds to open at a million items: a refresh opens it before swapping
+    snapshot and space together, so no query waits for it (nor times out the pipeline's recommendations)."""
+    config = make_config(tiny_models, tmp_path).model_copy(update={"retrieval": "approximate"})
+    replica = Recommender(config)
+    replica.warm()
+    trainer = Recommender(config)
+    trainer.record([InteractionIn(user_id="fan", item_id="item-3", event="like")])
+    version = trainer.retrain().version
+    opened: list[str] = []
+    original = replica._open_space
+    monkeypatch.setattr(
+        replica, "_open_space", lambda snap, settings: opened.append(snap.version) or original(snap, settings)
+    )
+    assert replica.refresh() and opened == [version]
+    snap, space = replica.serving()
+    assert snap.version == version and "item-3" in space.index
+    answer = replica.recommend(RecommendRequest(user_id="user-3", k=5))
+    assert answer.model_version == version and opened == [version]  # the query found the space open
