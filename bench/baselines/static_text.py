@@ -389,6 +389,10 @@ class StaticTextDeployment(BatchedMethods, ModelReplica[StaticTextConfig, Static
             prepared.cancel.set()
         return _result(row, self.model.config.name)
 
+    async def generate_many(self, requests: list[TextRequest]) -> list[TextResult]:
+        """The prompts of one completion (the ingress sends them in one call): batched like any others."""
+        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
+
     async def generate_stream(self, request: TextRequest) -> AsyncIterator[StreamStart | ChoiceDelta | TextResult]:
         model = self.model
         prepared = model.prepare(request)

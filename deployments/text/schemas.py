@@ -88,6 +88,12 @@ class TextRequest(StrictModel):
     response_format: ResponseFormat | None = None
     tools: list[FunctionSpec] | None = Field(None, max_length=128)
     tool_choice: ToolChoice | None = Field(None, max_length=64)
+    group: str | None = Field(
+        None,
+        max_length=64,
+        description="Requests of one group wait in the engine's queue as one request (the ingress sets it for the "
+        "prompts of one streamed completion, each its own call).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TextRequest:

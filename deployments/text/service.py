@@ -260,6 +260,7 @@ class TextService:
             echo=request.echo,
             tool_mode=tool_mode,
             tool_name=tool_name,
+            group=request.group,
         )
 
     def _tools_and_format(self, request: TextRequest) -> tuple[str, str | None, str | None]:
@@ -308,7 +309,7 @@ class TextService:
     async def generate_many(self, prepared: list[Prepared]) -> list[TextResult]:
         """Several prompts of one request (a completion's prompt list): their sequences wait in the engine as one
         request, so a request is admitted or refused whole, and never refused only for its size."""
-        group = uuid.uuid4().hex
+        group = next((one.group for one in prepared if one.group), None) or uuid.uuid4().hex
         for one in prepared:
             one.group = group
         return list(await asyncio.gather(*(self.generate(one) for one in prepared)))

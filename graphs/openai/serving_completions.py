@@ -4,6 +4,7 @@ probabilities, plain or streamed."""
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -73,6 +74,9 @@ async def stream_text(
     """SSE for one or several text requests; every stream's first item is awaited before answering (a request
     the model rejects gets its 4xx); a client that goes away closes the streams, which stops generation."""
     requests, assignment = ingress.route_all("text", requests, user_id)
+    if len(requests) > 1:  # one stream per prompt: their sequences still wait in the engine as one request
+        group = uuid.uuid4().hex
+        requests = [r.model_copy(update={"group": group}) for r in requests]
     opened = await ingress.open_streams("text", "generate_stream", requests, assignment)
     streams, firsts = [s for s, _ in opened], [f for _, f in opened]
     chunks = TextChunks(firsts[0].model, chat, n, tool_name, continuous_usage)

@@ -256,11 +256,15 @@ def test_async_client_and_several_prompts(base_url: str) -> None:
 
 def test_a_request_larger_than_the_engine_queue_is_served_whole(oai: openai.OpenAI) -> None:
     """8 prompts x 8 choices are 64 sequences, more than the local engine runs and queues (16 + 32): they wait
-    as one request (one place in the queue, as at the edge), so the request is served, not refused with 503."""
+    as one request (one place in the queue, as at the edge), so the request is served, not refused with 503;
+    streamed too (one stream per prompt, grouped by the ingress)."""
     prompts = [f"The harbour {n}" for n in range(8)]
     done = oai.completions.create(model=MODEL, prompt=prompts, max_tokens=3, n=8, seed=5)
     assert len(done.choices) == 64 and [c.index for c in done.choices] == list(range(64))
     assert done.usage.completion_tokens <= 64 * 3
+    streamed = oai.completions.create(model=MODEL, prompt=prompts, max_tokens=3, n=8, seed=5, stream=True)
+    finished = {c.index for chunk in streamed for c in chunk.choices if c.finish_reason}
+    assert finished == set(range(64))  # one stream per prompt, the same 64 sequences: every choice finishes
 
 
 def test_probe_routes(base_url: str) -> None:

@@ -435,3 +435,15 @@ def test_reconfigure_in_place_restart_the_engine_or_reload(tiny_models) -> None:
         replica.model.close()
 
     asyncio.run(scenario())
+
+
+def test_the_prompts_of_one_request_share_their_engine_group(service: TextService) -> None:
+    """A completion's prompts (one ``generate_many`` call, or streams the ingress marked with one ``group``) wait
+    in the engine as one request; a request alone waits as itself."""
+    alone = service.prepare(TextRequest(prompt="a"))
+    assert alone.group is None  # its own group: its request id (see ``_run``)
+    marked = service.prepare(TextRequest(prompt="a", group="g-1"))
+    assert marked.group == "g-1"
+    prepared = [service.prepare(TextRequest(prompt=p, max_tokens=2, temperature=0)) for p in ("a", "b", "c")]
+    results = asyncio.run(service.generate_many(prepared))
+    assert len(results) == 3 and len({p.group for p in prepared}) == 1 and prepared[0].group
