@@ -392,7 +392,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     sizes = [r["items"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right, recall) = plt.subplots(1, 3, figsize=(15, 4))
     for key, label in (
         ("register_p95_ms", "register p95"),
         ("recommend_p95_ms", "recommend p95 (in process)"),
@@ -409,6 +409,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     right.plot(sizes, [r["retrain_s"] / 60 for r in rows], marker="o", label="retrain (min)")
     right.set(xscale="log", xlabel="items", title="memory and retraining")
     right.legend()
+    for key, label in (("recommend_recall@10", "recommendations"), ("similar_recall@10", "similar items")):
+        recall.plot(sizes, [r[key] for r in rows], marker="o", label=label)
+    recall.axhline(TARGETS["ann_recall"], color="grey", linestyle="--", label="target")
+    recall.set(xscale="log", xlabel="items", ylabel="recall@10", title="ANN recall@10 against exact")
+    recall.legend()
     fig.tight_layout()
     path = out / "recs-scale.png"
     fig.savefig(path, dpi=110)
