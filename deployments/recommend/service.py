@@ -39,6 +39,7 @@ from deployments.recommend.schemas import (
 from deployments.recommend.space import ItemSpace, SpaceSettings
 from deployments.recommend.store import InteractionStore
 from deployments.recommend.vectors import ContentEncoder, from_bytes, to_bytes
+from deployments.sql import StoreUnavailable
 from deployments.telemetry import telemetry
 
 logger = logging.getLogger("content_studio.recommend")
@@ -130,8 +131,13 @@ class Recommender:
         return True
 
     def warm(self) -> None:
-        """Open the current version's item space now (a replica calls it before taking requests)."""
-        self.space()
+        """Open the current version's item space now (a replica calls it before taking requests). A database
+        that is down does not stop the replica from starting: the saved space is open, and new items are followed
+        once it is back (requests that need it answer 503 meanwhile)."""
+        try:
+            self.space()
+        except StoreUnavailable as exc:
+            logger.warning("recommender starts without following new items yet: %s", exc)
 
     def _serve(self, snap: FactorModel) -> None:
         settings = self._settings()

@@ -155,3 +155,24 @@ def test_a_replica_opens_a_new_version_space_before_it_serves_that_version(tiny_
     assert snap.version == version and "item-3" in space.index
     answer = replica.recommend(RecommendRequest(user_id="user-3", k=5))
     assert answer.model_version == version and opened == [version]  # the query found the space open
+
+
+def test_a_replica_starts_on_its_saved_space_while_the_database_is_down(tiny_models, tmp_path, monkeypatch) -> None:
+    """Opening the space at start must not make a database outage a start failure (Serve would keep replacing
+    the replica): the saved space opens from its files; new items are followed once the database is back."""
+    from deployments.sql import StoreUnavailable
+
+    config = make_config(tiny_models, tmp_path).model_copy(update={"retrieval": "approximate"})
+    trainer = Recommender(config)
+    trainer.record([InteractionIn(user_id="fan", item_id="item-3", event="like")])
+    version = trainer.retrain().version
+    replica = Recommender(config)
+
+    def down() -> float:
+        raise StoreUnavailable("the database is unavailable: test", 1)
+
+    monkeypatch.setattr(replica.store, "newest_item_time", down)
+    replica.warm()  # does not raise
+    assert replica._space is not None and replica._space[0][0] == version  # the space is open all the same
+    monkeypatch.undo()
+    assert "item-3" in replica.space().index
