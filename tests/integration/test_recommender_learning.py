@@ -18,17 +18,17 @@ def test_new_content_is_similar_and_recommended_before_any_interaction(client: h
     assert record["status"] == "complete", record
     content_id = record["id"]
 
-    similar = client.get(f"/v1/items/{content_id}/similar", params={"k": 5})
+    similar = client.get(f"/v1/items/{content_id}/similar", params={"k": 50})
     assert similar.status_code == 200, similar.text
     neighbours = similar.json()["items"]
     assert neighbours and all(item["score"] > 0 for item in neighbours)
-    # Among its seed-item neighbours (other generated contents may be near too: their bodies share the tiny
-    # model's words), the topic's community leads.
-    communities = [
-        int(i["item_id"].split("-")[1]) % N_COMMUNITIES for i in neighbours if i["item_id"].startswith("item-")
-    ]
+    # Among its five nearest seed items, the topic's community leads. Other generated contents may rank nearer
+    # still (their bodies share the tiny random model's words; by the time this runs the suite has made dozens),
+    # so they are skipped rather than allowed to crowd the seed items out of a short list.
+    seed = [i["item_id"] for i in neighbours if i["item_id"].startswith("item-")][:5]
+    communities = [int(item_id.split("-")[1]) % N_COMMUNITIES for item_id in seed]
     counts = {c: communities.count(c) for c in set(communities)}
-    assert counts.get(community, 0) >= 2 and counts[community] == max(counts.values()), counts
+    assert counts.get(community, 0) >= 2 and counts[community] == max(counts.values()), (counts, neighbours)
 
     reached = []
     for user in range(community, N_USERS, N_COMMUNITIES):
