@@ -144,7 +144,7 @@ class Recommender:
         opened = self._open_space(snap, settings)
         with self._space_lock:
             self.snapshot = snap
-            self._space = ((snap.version, self.config.content_dim, settings), opened)
+            self._space = (self._space_key(snap, settings), opened)
             self._followed = (0.0, -1.0)
 
     def _maintain(self) -> None:
@@ -315,7 +315,7 @@ class Recommender:
         settings = self._settings()
         with self._space_lock:
             snap = self.snapshot
-            key = (snap.version, self.config.content_dim, settings)
+            key = self._space_key(snap, settings)
             cached = self._space
             if cached is None or cached[0] != key:
                 cached = (key, self._open_space(snap, settings))
@@ -335,6 +335,10 @@ class Recommender:
                         )
                 self._followed = (now, newest)
         return snap, space
+
+    def _space_key(self, snap: FactorModel, settings: SpaceSettings) -> tuple[Any, ...]:
+        """What a cached space was opened for: another version, dimension or settings opens a new one."""
+        return (snap.version, self.config.content_dim, settings)
 
     def _open_space(self, snap: FactorModel, settings: SpaceSettings) -> ItemSpace:
         """The space saved with this version; a seed or a fresh install builds one from what is registered."""

@@ -35,6 +35,13 @@ ITEMS = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("vector", sa.LargeBinary, nullable=True),  # float16 content vector, computed once on arrival
 )
+# What a replica reads of an item to place it: id, time, stored vector, and the text only when there is no vector.
+_WITH_VECTOR = (
+    ITEMS.c.item_id,
+    ITEMS.c.created_at,
+    ITEMS.c.vector,
+    sa.case((ITEMS.c.vector.is_(None), ITEMS.c.title + "\n" + ITEMS.c.text), else_=sa.literal("")),
+)
 LEASES = sa.Table(
     "leases",
     METADATA,
@@ -108,12 +115,7 @@ class InteractionStore(MigratedStore):
         """Items registered at or after ``created_after``: (id, created_at, vector, text when there is no
         vector). The replicas' way to follow new items without reading the catalogue."""
         t = ITEMS
-        text = sa.case((t.c.vector.is_(None), t.c.title + "\n" + t.c.text), else_=sa.literal(""))
-        query = (
-            sa.select(t.c.item_id, t.c.created_at, t.c.vector, text)
-            .where(t.c.created_at >= created_after)
-            .order_by(t.c.created_at, t.c.item_id)
-        )
+        query = sa.select(*_WITH_VECTOR).where(t.c.created_at >= created_after).order_by(t.c.created_at, t.c.item_id)
         with self._unavailable(), self.engine.connect() as conn:
             return [(i, float(c), v, x or "") for i, c, v, x in conn.execute(query)]
 
@@ -139,12 +141,11 @@ class InteractionStore(MigratedStore):
     def items_by_id(self, item_ids: list[str]) -> list[tuple[str, float, bytes | None, str]]:
         """These items as ``items_since`` gives them, in registration order."""
         t = ITEMS
-        text = sa.case((t.c.vector.is_(None), t.c.title + "\n" + t.c.text), else_=sa.literal(""))
         out: list[tuple[str, float, bytes | None, str]] = []
         with self._unavailable(), self.engine.connect() as conn:
             for start in range(0, len(item_ids), 500):
                 chunk = item_ids[start : start + 500]
-                query = sa.select(t.c.item_id, t.c.created_at, t.c.vector, text).where(t.c.item_id.in_(chunk))
+                query = sa.select(*_WITH_VECTOR).where(t.c.item_id.in_(chunk))
                 out += [(i, float(c), v, x or "") for i, c, v, x in conn.execute(query)]
         return sorted(out, key=lambda row: (row[1], row[0]))
 
