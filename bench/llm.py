@@ -36,9 +36,9 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-APP = "content-studio"
+from bench.harness import APP, RESULTS, ROOT, bench_config, deploy, ensure_heavy_text, local_ray, pct
+from bench.llm_report import llm_ratios, llm_targets, markdown, plot
+
 MODEL = "bench-gpt2"
 
 
@@ -123,13 +123,6 @@ async def _drive(url: str, items: list[tuple[list[int], int]], rate: float | Non
                 at += rng.expovariate(rate)
             tasks.append(asyncio.ensure_future(_one(client, prompt, output, stream, t0)))
         return list(await asyncio.gather(*tasks))
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summarize(samples: list[Sample]) -> dict[str, float]:
@@ -293,8 +286,6 @@ def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:
 # --- configs and the run --------------------------------------------------------------------------------------
 def llm_config(profile: str, root: Path, engine: str) -> dict[str, Any]:
     """The bench's app (no experiment, one replica each) with the text model under test and its engine."""
-    from bench.run import bench_config, ensure_heavy_text
-
     config = bench_config("local", root)
     app = config["applications"][0]
     text = next(d for d in app["deployments"] if d["name"] == "text")
@@ -320,8 +311,7 @@ def llm_config(profile: str, root: Path, engine: str) -> dict[str, Any]:
 def run_engine(
     name: str, config: dict[str, Any], dashboard: str, folder: Path, items: list, s: LLMSettings, tokenizer: Path
 ) -> dict[str, Any]:
-    from bench.run import deploy
-    from scripts.serve_local import wait_healthy
+    from app.deploy import wait_healthy
 
     url = f"http://127.0.0.1:{config['http_options']['port']}"
     deploy(config, dashboard, folder, name)
@@ -343,13 +333,11 @@ def run_engine(
 
 
 def run(profile: str, s: LLMSettings) -> dict[str, Any]:
-    import ray
     from ray import serve
 
-    from bench.run import start_ray
+    from app.deploy import free_port, session_config
     from deployments.text import TextConfig, TextService
-    from scripts.build_tiny_models import ensure_tiny_models
-    from scripts.serve_local import free_port, session_config
+    from offline.tiny_models import ensure_tiny_models
 
     ensure_tiny_models()
     out: dict[str, Any] = {"profile": profile, "settings": s.__dict__}
@@ -371,175 +359,15 @@ def run(profile: str, s: LLMSettings) -> dict[str, Any]:
             "output_tokens": sum(o for _, o in items),
         }
         out["ceiling"] = ceiling(service, items)
-        dashboard = start_ray()
-        try:
+        with local_ray() as dashboard:
             out["continuous"] = run_engine("continuous", configs["continuous"], dashboard, folder, items, s, tokenizer)
             out["continuous"]["hop"] = hop(service, s)
             service.close()
             serve.delete(APP)
             out["static"] = run_engine("static", configs["static"], dashboard, folder, items, s, tokenizer)
-        finally:
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
     out["ratios"] = llm_ratios(out)
     out["targets"] = llm_targets(out)
     return out
-
-
-def llm_ratios(r: dict[str, Any]) -> dict[str, float]:
-    cont, stat = r["continuous"], r["static"]
-    half_c = cont["rates"].get("0.5", next(iter(cont["rates"].values())))
-    half_s = stat["rates"].get("0.5", next(iter(stat["rates"].values())))
-    return {
-        "throughput_vs_static": cont["saturation"]["output_tokens_per_s"] / stat["saturation"]["output_tokens_per_s"],
-        "streamed_throughput_vs_static": cont["saturation_streamed"]["output_tokens_per_s"]
-        / stat["saturation_streamed"]["output_tokens_per_s"],
-        "serving_efficiency": cont["saturation"]["output_tokens_per_s"] / r["ceiling"]["output_tokens_per_s"],
-        "streamed_serving_efficiency": cont["saturation_streamed"]["output_tokens_per_s"]
-        / r["ceiling"]["output_tokens_per_s"],
-        "ttft_p95_half_rate_vs_static": half_c["ttft_p95_s"] / half_s["ttft_p95_s"],
-        "ttft_share_128": cont["ttft_128"]["share"],
-        "handle_added_ms": cont["hop"]["added_ms"],
-    }
-
-
-LLM_TARGETS = {  # name: (ratio, comparison, bound)
-    "output tokens/s at saturation >= 1.5x static": ("throughput_vs_static", ">=", 1.5),
-    "serving efficiency (served / in-process ceiling) >= 0.85": ("serving_efficiency", ">=", 0.85),
-    "TTFT p95 at half saturation <= 0.3x static": ("ttft_p95_half_rate_vs_static", "<=", 0.3),
-    "time to first token <= 10% of a 128-token completion": ("ttft_share_128", "<=", 0.10),
-    "one-token call through a handle adds <= 5 ms over in-process": ("handle_added_ms", "<=", 5.0),
-}
-
-
-def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for name, (key, op, bound) in LLM_TARGETS.items():
-        value = r["ratios"][key]
-        ok = {"<=": value <= bound, ">=": value >= bound}[op]
-        out[name] = {"value": round(value, 3), "bound": bound, "pass": ok}
-    return out
-
-
-def markdown(r: dict[str, Any]) -> str:
-    c, s = r["continuous"], r["static"]
-    rows = [
-        (
-            "output tokens/s at saturation (plain)",
-            c["saturation"]["output_tokens_per_s"],
-            s["saturation"]["output_tokens_per_s"],
-            "{:.0f}",
-        ),
-        (
-            "output tokens/s at saturation (streamed)",
-            c["saturation_streamed"]["output_tokens_per_s"],
-            s["saturation_streamed"]["output_tokens_per_s"],
-            "{:.0f}",
-        ),
-        ("in-process ceiling, same workload (tokens/s)", r["ceiling"]["output_tokens_per_s"], None, "{:.0f}"),
-        ("KV cache peak use at saturation", c["saturation"]["kv_cache_peak_used"], None, "{:.1%}"),
-        ("peak requests in the running batch", c["saturation"]["peak_running"], None, "{:.0f}"),
-        (
-            "TTFT p95 at saturation (s)",
-            c["saturation_streamed"]["ttft_p95_s"],
-            s["saturation_streamed"]["ttft_p95_s"],
-            "{:.2f}",
-        ),
-        (
-            "ITL p50 at saturation (ms)",
-            c["saturation_streamed"]["itl_p50_ms"],
-            s["saturation_streamed"]["itl_p50_ms"],
-            "{:.1f}",
-        ),
-    ]
-    for fraction in c["rates"]:
-        rc, rs = c["rates"][fraction], s["rates"].get(fraction, {})
-        rows.append(
-            (
-                f"rate {float(fraction):.2f}x sat: TTFT p50 / p95 (s)",
-                f"{rc['ttft_p50_s']:.2f} / {rc['ttft_p95_s']:.2f}",
-                f"{rs.get('ttft_p50_s', float('nan')):.2f} / {rs.get('ttft_p95_s', float('nan')):.2f}",
-                "{}",
-            )
-        )
-        rows.append(
-            (
-                f"rate {float(fraction):.2f}x sat: ITL p50 (ms), tokens/s",
-                f"{rc['itl_p50_ms']:.1f}, {rc['output_tokens_per_s']:.0f}",
-                f"{rs.get('itl_p50_ms', float('nan')):.1f}, {rs.get('output_tokens_per_s', float('nan')):.0f}",
-                "{}",
-            )
-        )
-    rows.append(
-        (
-            "TTFT / whole 128-token completion (s)",
-            f"{c['ttft_128']['ttft_s']:.3f} / {c['ttft_128']['whole_s']:.3f}",
-            f"{s['ttft_128']['ttft_s']:.3f} / {s['ttft_128']['whole_s']:.3f}",
-            "{}",
-        )
-    )
-    rows.append(
-        (
-            "1-token call: in-process / handle / bare handle (ms)",
-            f"{c['hop']['direct_ms']:.1f} / {c['hop']['handle_ms']:.1f} / {c['hop']['bare_handle_ms']:.1f}",
-            None,
-            "{}",
-        )
-    )
-    for kind in ("poisson", "concurrent"):
-        gc, gs = c["guidellm"][kind], s["guidellm"][kind]
-        rows.append(
-            (
-                f"guidellm {kind}: ok / errored requests",
-                f"{gc.get('successful')} / {gc.get('errored')}",
-                f"{gs.get('successful')} / {gs.get('errored')}",
-                "{}",
-            )
-        )
-        rows.append((f"guidellm {kind}: output tokens/s, TTFT p50 (ms)", _g(gc), _g(gs), "{}"))
-    lines = [f"| measurement (profile: {r['profile']}) | continuous | static |", "|---|---|---|"]
-    for label, a, b, fmt in rows:
-        cells = ["-" if v is None else (fmt.format(v) if fmt != "{}" else str(v)) for v in (a, b)]
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
-    lines.append("")
-    for name, t in r["targets"].items():
-        lines.append(f"- llm: {'pass' if t['pass'] else 'MISS'}: {name} (measured {t['value']})")
-    return "\n".join(lines) + "\n"
-
-
-def _g(g: dict[str, Any]) -> str:
-    if "error" in g:
-        return "failed: " + g["error"].strip().splitlines()[-1][:80]
-    tps, ttft = g.get("output_tokens_per_s"), g.get("ttft_p50_ms")
-    return f"{tps:.0f}, {ttft:.0f}" if tps is not None and ttft is not None else "-"
-
-
-def plot(r: dict[str, Any], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for engine, style in (("continuous", "o-"), ("static", "s--")):
-        points = sorted(r[engine]["rates"].values(), key=lambda p: p["rate"])
-        xs = [p["output_tokens_per_s"] for p in points]
-        axes[0].plot(xs, [p["ttft_p95_s"] for p in points], style, label=engine)
-        axes[1].plot(xs, [p["itl_p50_ms"] for p in points], style, label=engine)
-    axes[0].set_title("TTFT p95 vs throughput (Poisson arrivals)")
-    axes[0].set_ylabel("TTFT p95 (s)")
-    axes[1].set_title("inter-token latency p50 vs throughput")
-    axes[1].set_ylabel("ITL p50 (ms)")
-    for ax in axes:
-        ax.set_xlabel("output tokens/s")
-        ax.legend()
-    fig.tight_layout()
-    path = out / f"llm-{r['profile']}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main() -> None:

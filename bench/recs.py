@@ -1,4 +1,5 @@
-"""The recommender at catalogue scale: a seeded synthetic catalogue swept over sizes (10k, 100k, 1M items, users
+"""The recommender at catalogue scale (one module past 400 lines: one sweep, its steps and its report): a seeded
+synthetic catalogue swept over sizes (10k, 100k, 1M items, users
 and events in proportion). For each size a trainer process registers every item (vectorised on arrival), records
 the events and retrains (the training-time build of the item space and its ANN indexes, published as a version);
 then a fresh serving process (a replica, with its own memory) loads that version and measures:
@@ -51,7 +52,7 @@ def config(folder: Path) -> Any:
 def prepare(size: int, folder: Path, seed: int = 0) -> dict[str, Any]:
     """Register ``size`` items and ~2 events per item, then retrain (timed)."""
     from deployments.recommend import ItemIn, Recommender
-    from scripts.recs_data import TOPICS
+    from offline.interactions import TOPICS
 
     rng = np.random.default_rng(seed)
     service = Recommender(config(folder))
@@ -169,25 +170,14 @@ def through_deployment(size: int, folder: Path, queries: int = 200, seed: int = 
     import asyncio
 
     import psutil
-    import ray
     from ray import serve
     from ray.util.state import list_actors
 
+    from bench.harness import local_ray
     from deployments.recommend import RecommendRequest, SimilarRequest
     from deployments.recommend.deployment import RecommendDeployment
-    from scripts.serve_local import free_port
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only bench instance
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=True,  # the state API finds the replica's process
-        dashboard_host="127.0.0.1",
-        dashboard_port=free_port(),
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
-    try:
+    with local_ray(num_cpus=2):  # the dashboard: the state API finds the replica's process
         user_config = config(folder).model_dump(mode="json")
         app = RecommendDeployment.options(user_config=user_config, health_check_timeout_s=600).bind()
         handle = serve.run(app, name="recs", route_prefix=None, blocking=False)
@@ -219,9 +209,6 @@ def through_deployment(size: int, folder: Path, queries: int = 200, seed: int = 
             "deployment_similar_p95_ms": float(np.percentile(sim_ms, 95)),
             "deployment_rss_gb": round(rss, 3),
         }
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def through_pipeline(size: int, folder: Path, contents: int = 12) -> dict[str, Any]:
@@ -231,11 +218,9 @@ def through_pipeline(size: int, folder: Path, contents: int = 12) -> dict[str, A
     in its ``timings_ms`` (registering the new item into this catalogue: ``register``)."""
     import httpx
     import yaml
-    from ray import serve
 
-    from bench.run import deploy, start_ray
-    from scripts.serve_configs import app_of, deployments_of
-    from scripts.serve_local import free_port, session_config, wait_healthy
+    from app.deploy import app_of, deployments_of, free_port, session_config, wait_healthy
+    from bench.harness import deploy, local_ray
 
     root = folder / "app"
     root.mkdir(exist_ok=True)
@@ -246,8 +231,7 @@ def through_pipeline(size: int, folder: Path, contents: int = 12) -> dict[str, A
     recommend["user_config"] = config(folder).model_dump(mode="json")
     recommend["health_check_timeout_s"] = 600
     url = f"http://127.0.0.1:{app_config['http_options']['port']}"
-    dashboard = start_ray()
-    try:
+    with local_ray() as dashboard:
         deploy(app_config, dashboard, root, "app")
         wait_healthy(url, timeout=900)
         rng = np.random.default_rng(3)
@@ -271,11 +255,6 @@ def through_pipeline(size: int, folder: Path, contents: int = 12) -> dict[str, A
             "pipeline_recommendations_stage_ms": [round(ms, 1) for ms in stage],
             "pipeline_p50_s": float(np.percentile(seconds, 50)),
         }
-    finally:
-        serve.shutdown()
-        import ray
-
-        ray.shutdown()
 
 
 def run_size(size: int, keep: Path | None = None) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,18 @@ from typing import Any
 import httpx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-APP = "content-studio"
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    MemorySampler,
+    app_processes,
+    bench_config,
+    deploy,
+    local_ray,
+    machine,
+    pct,
+    totals,
+)
 
 
 @dataclass
@@ -49,106 +57,6 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         return cls(pipeline_c1=2, pipeline_c8=8)
-
-
-# --- configs ----------------------------------------------------------------------------------------------
-def ensure_heavy_text(root: Path) -> Path:
-    """A 6-layer, 384-wide GPT-2 with random weights (about 11 M parameters plus embeddings)."""
-    from scripts.build_tiny_models import build_text
-
-    out = root / ".cache" / "models" / "heavy" / "text"
-    if not (out / "config.json").exists():
-        build_text(out, n_embd=384, n_layer=6, n_head=6, n_positions=512, train_steps=0)
-    return out
-
-
-def bench_config(profile: str, root: Path) -> dict[str, Any]:
-    """The local profile without the experiment (every request hits one text model); heavier models for
-    ``heavy``. Returns a Serve config."""
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    app = config["applications"][0]
-    app["args"] = {}
-    app["deployments"] = [d for d in app["deployments"] if d["name"] != "text-b"]
-    deployments = {d["name"]: d for d in app["deployments"]}
-    deployments["ingress"]["user_config"].pop("experiments", None)
-    for d in app["deployments"]:  # the bench measures one replica per model; no autoscaling mid-run
-        if "autoscaling_config" in d:
-            d.pop("autoscaling_config")
-            d["num_replicas"] = 1
-    # The text model under test gets the machine's cores (torch sizes its threads to them), as the in-process
-    # ceiling and the baseline have; Serve holds as many requests as the engine has running + waiting places.
-    deployments["text"].update(max_ongoing_requests=48, max_queued_requests=64)
-    deployments["text"]["ray_actor_options"]["num_cpus"] = os.cpu_count() or 1
-    text = deployments["text"]["user_config"]
-    text["max_tokens_limit"] = 256
-    if profile == "heavy":
-        text["model"] = str(ensure_heavy_text(root).relative_to(root))
-        image = deployments["image"]["user_config"]
-        image.update(default_width=128, default_height=128, default_steps=4)
-    return config
-
-
-# --- processes and memory ---------------------------------------------------------------------------------
-def app_processes() -> dict[str, Any]:
-    """The app's Ray processes by role (each replica, the proxy, the controller), from this Ray instance's own
-    state API (another Ray instance on the machine is not ours to count)."""
-    import psutil
-    from ray.util.state import list_actors
-
-    found = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        cls, pid = actor.class_name or "", actor.pid
-        if cls.startswith(f"ServeReplica:{APP}:"):
-            label = f"replica {cls.rsplit(':', 1)[1]} ({pid})"
-        elif cls == "ProxyActor":
-            label = f"proxy ({pid})"
-        elif cls == "ServeController":
-            label = f"controller ({pid})"
-        else:
-            continue
-        found[label] = psutil.Process(pid)
-    return found
-
-
-class MemorySampler:
-    """Peak RSS and PSS of a set of processes, sampled in a thread."""
-
-    def __init__(self, processes: dict[str, Any], interval: float = 0.5) -> None:
-        self.processes, self.interval = processes, interval
-        self.peak: dict[str, dict[str, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> dict[str, dict[str, int]]:
-        now = {}
-        for label, proc in self.processes.items():
-            try:
-                info = proc.memory_full_info()
-            except Exception:
-                continue
-            now[label] = {"rss": int(info.rss), "pss": int(getattr(info, "pss", info.rss))}
-            peak = self.peak.setdefault(label, {"rss": 0, "pss": 0})
-            peak["rss"], peak["pss"] = max(peak["rss"], now[label]["rss"]), max(peak["pss"], now[label]["pss"])
-        return now
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def totals(memory: dict[str, dict[str, int]]) -> dict[str, float]:
-    return {
-        "rss_gb": round(sum(m["rss"] for m in memory.values()) / 2**30, 3),
-        "pss_gb": round(sum(m["pss"] for m in memory.values()) / 2**30, 3),
-    }
 
 
 # --- load -------------------------------------------------------------------------------------------------
@@ -178,11 +86,6 @@ def load(url: str, path: str, bodies: list[dict[str, Any]], concurrency: int) ->
     return asyncio.run(_load(url, path, bodies, concurrency))
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def measure_pipeline(url: str, s: Settings) -> dict[str, float]:
     body = lambda n: {"topic": f"a harbour town, part {n}", "user_id": f"user-{n % 60}"}  # noqa: E731
     load(url, "/v1/content", [body(0)], 1)  # warm-up
@@ -192,36 +95,8 @@ def measure_pipeline(url: str, s: Settings) -> dict[str, float]:
 
 
 # --- the run ----------------------------------------------------------------------------------------------
-def start_ray() -> str:
-    import ray
-
-    from scripts.serve_local import free_port
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only bench instance
-    port = free_port()
-    ray.init(
-        address="local",
-        num_cpus=(os.cpu_count() or 1) + 2,  # the text replica takes the cores; the rest share the remainder
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
-    return f"http://127.0.0.1:{port}"
-
-
-def deploy(config: dict[str, Any], dashboard: str, folder: Path, name: str) -> str:
-    from scripts.serve_local import serve_cli
-
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    serve_cli("deploy", str(path), dashboard=dashboard)
-    return str(path)
-
-
 def start_baseline(config: dict[str, Any], root: Path, folder: Path) -> tuple[subprocess.Popen, str]:
-    from scripts.serve_local import free_port
+    from app.deploy import free_port
 
     path = folder / "baseline.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -247,11 +122,9 @@ def start_baseline(config: dict[str, Any], root: Path, folder: Path) -> tuple[su
 
 def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
     import psutil
-    import ray
-    from ray import serve
 
-    from scripts.build_tiny_models import ensure_tiny_models
-    from scripts.serve_local import free_port, session_config, wait_healthy
+    from app.deploy import free_port, session_config, wait_healthy
+    from offline.tiny_models import ensure_tiny_models
 
     ensure_tiny_models()
     out: dict[str, Any] = {"profile": profile, "settings": settings.__dict__, "machine": machine()}
@@ -260,58 +133,42 @@ def run_profile(profile: str, settings: Settings) -> dict[str, Any]:
         (folder / ".cache").symlink_to(ROOT / ".cache")  # the models; data goes to the temp folder
         config = session_config(bench_config(profile, ROOT), folder, free_port())
         url = f"http://127.0.0.1:{config['http_options']['port']}"
-        dashboard = start_ray()
         baseline = None
-        try:
-            started = time.perf_counter()
-            deploy(config, dashboard, folder, "app")
-            wait_healthy(url)
-            out["cold_start_s"] = {"app": time.perf_counter() - started}
-            started = time.perf_counter()
-            baseline, base_url = start_baseline(config, folder, folder)
-            out["cold_start_s"]["baseline"] = time.perf_counter() - started
-
-            processes = app_processes()
-            baseline_proc = {"baseline": psutil.Process(baseline.pid)}
-            rest = MemorySampler(processes).sample()
-            out["memory_at_rest"] = {"app": rest, "app_total": totals(rest)}
-            base_rest = MemorySampler(baseline_proc).sample()
-            out["memory_at_rest"]["baseline_total"] = totals(base_rest)
-
-            with MemorySampler(processes) as app_mem:
-                out["pipeline"] = {"app": measure_pipeline(url, settings)}
-            with MemorySampler(baseline_proc) as base_mem:
-                out["pipeline"]["baseline"] = measure_pipeline(base_url, settings)
-            out["memory_under_load"] = {
-                "app": app_mem.peak,
-                "app_total": totals(app_mem.peak),
-                "baseline_total": totals(base_mem.peak),
-            }
-            baseline.terminate()
-            baseline.wait(30)
-            baseline = None
-        finally:
-            if baseline is not None:
-                baseline.terminate()
+        with local_ray() as dashboard:
             try:
-                serve.shutdown()
+                started = time.perf_counter()
+                deploy(config, dashboard, folder, "app")
+                wait_healthy(url)
+                out["cold_start_s"] = {"app": time.perf_counter() - started}
+                started = time.perf_counter()
+                baseline, base_url = start_baseline(config, folder, folder)
+                out["cold_start_s"]["baseline"] = time.perf_counter() - started
+
+                processes = app_processes()
+                baseline_proc = {"baseline": psutil.Process(baseline.pid)}
+                rest = MemorySampler(processes).sample()
+                out["memory_at_rest"] = {"app": rest, "app_total": totals(rest)}
+                base_rest = MemorySampler(baseline_proc).sample()
+                out["memory_at_rest"]["baseline_total"] = totals(base_rest)
+
+                with MemorySampler(processes) as app_mem:
+                    out["pipeline"] = {"app": measure_pipeline(url, settings)}
+                with MemorySampler(baseline_proc) as base_mem:
+                    out["pipeline"]["baseline"] = measure_pipeline(base_url, settings)
+                out["memory_under_load"] = {
+                    "app": app_mem.peak,
+                    "app_total": totals(app_mem.peak),
+                    "baseline_total": totals(base_mem.peak),
+                }
+                baseline.terminate()
+                baseline.wait(30)
+                baseline = None
             finally:
-                ray.shutdown()
+                if baseline is not None:
+                    baseline.terminate()
     out["ratios"] = ratios(out)
     out["targets"] = targets(out)
     return out
-
-
-def machine() -> dict[str, Any]:
-    import platform
-
-    import psutil
-
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-    }
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float]:
@@ -463,15 +320,15 @@ def main() -> None:
     table = markdown(results)
     plots(results, args.out)
     if not args.no_llm:
-        from bench import llm
+        from bench import llm, llm_report
 
         print("== llm ==", file=sys.stderr, flush=True)
         quick = args.quick
         llm_profile = "local" if quick else "heavy"
         result = llm.run(llm_profile, llm.LLMSettings.quick() if quick else llm.LLMSettings())
         (args.out / f"llm-{llm_profile}.json").write_text(json.dumps(result, indent=2))
-        llm.plot(result, args.out)
-        table += "\n" + llm.markdown(result)
+        llm_report.plot(result, args.out)
+        table += "\n" + llm_report.markdown(result)
     (args.out / "summary.md").write_text(table)
     print(table)
 

@@ -23,16 +23,10 @@ from typing import Any
 
 import httpx
 
-from bench.run import ROOT, MemorySampler, app_processes, bench_config, deploy, start_ray, totals
+from bench.harness import ROOT, MemorySampler, app_processes, bench_config, deploy, local_ray, pct, totals
 
 BURST = 300
 TARGETS = {"burst_refusal_p95_ms": 100.0, "soak_growth_pct": 5.0, "soak_failures": 0}
-
-
-def pct(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0-100); 0 when nothing was measured."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else 0.0
 
 
 async def burst(url: str, n: int = BURST) -> dict[str, Any]:
@@ -53,10 +47,10 @@ async def burst(url: str, n: int = BURST) -> dict[str, Any]:
         "served": len(served),
         "refused": len(refused),
         "other": dict(Counter(code for code, _ in results if code not in (200, 429, 503))),
-        "served_p50_ms": pct(served, 50),
-        "served_p95_ms": pct(served, 95),
-        "refused_p50_ms": pct(refused, 50),
-        "refused_p95_ms": pct(refused, 95),
+        "served_p50_ms": pct(served, 0.5),
+        "served_p95_ms": pct(served, 0.95),
+        "refused_p50_ms": pct(refused, 0.5),
+        "refused_p95_ms": pct(refused, 0.95),
     }
 
 
@@ -103,11 +97,9 @@ async def mixed_load(url: str, seconds: float, failures: list[Any], counts: Coun
 
 
 def run(minutes: float, warmup_s: float) -> dict[str, Any]:
-    import ray
-    from ray import serve
 
-    from scripts.build_tiny_models import ensure_tiny_models
-    from scripts.serve_local import free_port, session_config, wait_healthy
+    from app.deploy import free_port, session_config, wait_healthy
+    from offline.tiny_models import ensure_tiny_models
 
     ensure_tiny_models()
     out: dict[str, Any] = {"minutes": minutes, "warmup_s": warmup_s}
@@ -116,8 +108,7 @@ def run(minutes: float, warmup_s: float) -> dict[str, Any]:
         (folder / ".cache").symlink_to(ROOT / ".cache")
         config = session_config(bench_config("local", ROOT), folder, free_port())
         url = f"http://127.0.0.1:{config['http_options']['port']}"
-        dashboard = start_ray()
-        try:
+        with local_ray() as dashboard:
             deploy(config, dashboard, folder, "app")
             wait_healthy(url)
             out["burst"] = asyncio.run(burst(url))
@@ -146,11 +137,6 @@ def run(minutes: float, warmup_s: float) -> dict[str, Any]:
                     for label in start
                 },
             }
-        finally:
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
     out["targets"] = {
         "burst_refusal_p95_ms": {
             "value": out["burst"]["refused_p95_ms"],

@@ -35,7 +35,7 @@ KeyOption = Annotated[
     str | None, typer.Option("--api-key", envvar="CONTENT_STUDIO_API_KEY", help="API key, if the server wants one.")
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
-STAGES = ("article", "image", "audio", "recommendations")
+STAGES = ("article", "image", "audio", "recommendations")  # graphs/schemas.py:STAGES (a unit test keeps them equal)
 
 
 def _client(url: str, api_key: str | None, timeout: float = 600) -> httpx.Client:
@@ -285,7 +285,7 @@ def new_key(
 
     from pydantic import ValidationError
 
-    from graphs.access import ApiKeyEntry, hash_key
+    from edge.access import ApiKeyEntry, hash_key
 
     key = "cs-" + secrets.token_urlsafe(32)
     try:

@@ -1,4 +1,4 @@
-"""Pieces every model service shares: strict configs, request errors, model sources, device placement.
+"""Pieces every model service shares: strict configs, model sources, device placement (errors: errors.py).
 
 Nothing here imports torch or Ray at module import time: a service module must import without either running.
 """
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from deployments.errors import NotFound
 
 logger = logging.getLogger("content_studio")
 
@@ -109,7 +111,8 @@ class FaultInjection(StrictModel):
 
 
 class InjectedFault(RuntimeError):
-    """A failure asked for by ``faults`` in the service config."""
+    """A failure asked for by ``faults`` in the service config. It stands for an unexpected failure (a crash, a
+    bug), so it is deliberately not a ``ServiceError``: it is answered as such failures are (500, naming it)."""
 
 
 class ServiceConfig(StrictModel):
@@ -140,8 +143,8 @@ class ServiceConfig(StrictModel):
     def check_model(self, requested: str | None) -> None:
         """A request may name the model it wants; naming another one is a 404, as with OpenAI."""
         if requested is not None and requested not in (self.name, self.model):
-            raise RequestError(
-                "model", f"model {requested!r} is not served here; this service serves {self.name!r}", 404
+            raise NotFound.for_field(
+                "model", f"model {requested!r} is not served here; this service serves {self.name!r}"
             )
 
 
@@ -150,27 +153,6 @@ class Narrative(StrictModel):
 
     title: str = Field(max_length=500)
     body: str = Field(min_length=1, max_length=100_000)
-
-
-class RequestError(ValueError):
-    """A request the model cannot serve as asked; the ingress answers it with 4xx naming ``field``."""
-
-    def __init__(self, field: str, message: str, status_code: int = 400) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status_code = status_code
-
-    def __reduce__(self):  # keep the fields when Ray pickles the error back to the caller
-        return (type(self), (self.field, self.message, self.status_code))
-
-
-class ModelOutputError(RuntimeError):
-    """The model answered, but with nothing usable (e.g. an empty article); a 502, not the caller's fault."""
-
-
-class ServiceNotReady(RuntimeError):
-    """The replica has no model loaded yet (no config was given)."""
 
 
 def project_root() -> Path:

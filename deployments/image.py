@@ -17,7 +17,6 @@ from deployments.batching import BatchedMethods, BatchingConfig, in_serve_replic
 from deployments.common import (
     SEED_MAX,
     Narrative,
-    RequestError,
     ServiceConfig,
     StrictModel,
     memory_bytes,
@@ -25,6 +24,7 @@ from deployments.common import (
     resolve_model_source,
     resolve_placement,
 )
+from deployments.errors import InvalidRequest
 from deployments.replica import ModelReplica
 from deployments.telemetry import telemetry
 
@@ -35,7 +35,9 @@ MAX_SIDE = 2048
 class ImageConfig(ServiceConfig):
     """Configuration of the image service (its deployment's ``user_config``)."""
 
-    variant: str | None = Field(None, description="Weights variant to load, e.g. `fp16` for hub checkpoints.")
+    weights_variant: str | None = Field(
+        None, description="Which saved weights of the checkpoint to load (diffusers' `variant`), e.g. `fp16`."
+    )
     default_steps: int = Field(4, ge=1, le=150, description="Denoising steps when the request omits `steps`.")
     max_steps: int = Field(50, ge=1, le=150, description="Most denoising steps a request may ask for.")
     default_guidance_scale: float = Field(
@@ -102,7 +104,7 @@ class ImageGenerator:
             from diffusers import AutoPipelineForText2Image
 
             pipeline = AutoPipelineForText2Image.from_pretrained(
-                resolve_model_source(config.model), dtype=self.dtype, variant=config.variant
+                resolve_model_source(config.model), dtype=self.dtype, variant=config.weights_variant
             )
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline.to(self.placement.device)
@@ -139,7 +141,7 @@ class ImageGenerator:
             ("n", request.n, cfg.max_images),
         ):
             if value > limit:
-                raise RequestError(name, f"must be at most {limit} for this model")
+                raise InvalidRequest.for_field(name, f"must be at most {limit} for this model")
         return ImageJob(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt if guidance > 1.0 else None,
@@ -243,7 +245,7 @@ def _png(image: Any) -> bytes:
 class ImageDeployment(BatchedMethods, ModelReplica[ImageConfig, ImageGenerator]):
     service: ClassVar[str] = "image"
     config_cls = ImageConfig
-    reload_fields = frozenset({"model", "device", "dtype", "variant"})
+    reload_fields = frozenset({"model", "device", "dtype", "weights_variant"})
     batched_methods = ("_render_batch",)
 
     def load_model(self, config: ImageConfig) -> ImageGenerator:

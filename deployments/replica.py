@@ -19,7 +19,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from deployments.common import InjectedFault, Placement, RequestError, ServiceConfig, ServiceNotReady
+from deployments.common import InjectedFault, Placement, ServiceConfig
+from deployments.errors import ServiceError, Unavailable
 from deployments.telemetry import telemetry
 
 
@@ -102,20 +103,13 @@ class ModelReplica(Generic[ConfigT, ModelT]):
         return await self.measure(getattr(fn, "__name__", "call"), args, lambda: asyncio.to_thread(fn, *args))
 
     async def measure(self, method: str, args: tuple[Any, ...], work: Callable[[], Awaitable[ResultT]]) -> ResultT:
-        """Await ``work()`` after fault injection, recording the request's metrics."""
-        started = time.perf_counter()
-        outcome = "error"
-        try:
-            await self.inject_faults()
-            result = await work()
-            outcome = "ok"
-            self._observe(method, args, result, time.perf_counter() - started)
-            return result
-        except RequestError:
-            outcome = "client_error"
-            raise
-        finally:
-            self._count(method, outcome, time.perf_counter() - started)
+        """Await ``work()`` after fault injection, recording the request's metrics (a stream of one result)."""
+
+        async def once() -> AsyncIterator[ResultT]:
+            yield await work()
+
+        (result,) = [item async for item in self.measure_stream(method, args, once, object)]
+        return result
 
     async def measure_stream(
         self, method: str, args: tuple[Any, ...], items: Callable[[], AsyncIterator[ItemT]], final: type
@@ -131,8 +125,8 @@ class ModelReplica(Generic[ConfigT, ModelT]):
                     outcome = "ok"
                     self._observe(method, args, item, time.perf_counter() - started)
                 yield item
-        except RequestError:
-            outcome = "client_error"
+        except ServiceError as exc:
+            outcome = "client_error" if exc.status < 500 else "error"
             raise
         except (GeneratorExit, asyncio.CancelledError):
             outcome = "cancelled"
@@ -164,9 +158,7 @@ class ModelReplica(Generic[ConfigT, ModelT]):
     @property
     def model(self) -> ModelT:
         if self._model is None:
-            raise ServiceNotReady(
-                f"the {self.service} service has no model: give it a user_config with at least `model`"
-            )
+            raise Unavailable(f"the {self.service} service has no model: give it a user_config with at least `model`")
         return self._model
 
     async def describe(self) -> dict[str, Any]:

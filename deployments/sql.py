@@ -6,7 +6,7 @@
   before use, so a database that dropped them is reconnected to by itself when it is back.
 - ``migrate`` brings a database to its newest schema with Alembic (versioned scripts under ``migrations/``),
   under a database-wide lock, so replicas that start together migrate once.
-- A database that cannot be reached is a ``StoreUnavailable`` (the routes that need it answer 503 with
+- A database that cannot be reached is ``Unavailable`` (the routes that need it answer 503 with
   ``Retry-After``), never a 500.
 
 SQLite stays the embedded default of the local profile; PostgreSQL is what clusters use, and what the
@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from deployments.common import StrictModel, project_path
+from deployments.errors import Unavailable
 
 logger = logging.getLogger("content_studio.sql")
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
@@ -43,17 +45,6 @@ class DatabaseConfig(StrictModel):
     )
     connect_timeout_s: int = Field(5, ge=1, le=120, description="How long connecting to the database may take.")
     retry_after_s: int = Field(5, ge=1, le=600, description="`Retry-After` when the database is unreachable.")
-
-
-class StoreUnavailable(RuntimeError):
-    """The database cannot be reached now (down, cut off, its connections dropped): try again later."""
-
-    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.retry_after_s))
 
 
 def resolve_url(url: str) -> str:
@@ -73,20 +64,21 @@ def resolve_url(url: str) -> str:
     return prefix + str(path)
 
 
-def create_engine(url: str, pool: DatabaseConfig | None = None) -> Any:
-    """A SQLAlchemy engine with this replica's pool; SQLite gets WAL mode so readers never block a writer."""
+def open_database(url: str, pool: DatabaseConfig | None = None) -> Any:
+    """The database as this replica reaches it (SQLAlchemy's engine, with this replica's pool); SQLite gets WAL
+    mode so readers never block a writer."""
     import sqlalchemy as sa
 
     pool = pool or DatabaseConfig()
     resolved = resolve_url(url)
     if resolved.startswith("sqlite"):
-        engine = sa.create_engine(resolved, connect_args={"timeout": 30})
+        sqlite = sa.create_engine(resolved, connect_args={"timeout": 30})
 
-        @sa.event.listens_for(engine, "connect")
+        @sa.event.listens_for(sqlite, "connect")
         def _wal(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
-        return engine
+        return sqlite
     return sa.create_engine(
         resolved,
         pool_size=pool.pool_size,
@@ -113,51 +105,79 @@ def is_connection_error(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def unavailable_as(retry_after_s: float = 5.0) -> Iterator[None]:
-    """Turn a lost or unreachable database into ``StoreUnavailable`` (503 + Retry-After at the edge)."""
+    """Turn a lost or unreachable database into ``Unavailable`` (503 + Retry-After at the edge)."""
     try:
         yield
     except Exception as exc:
         if is_connection_error(exc):
             detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
-            raise StoreUnavailable(f"the database is unavailable: {detail}", retry_after_s) from None
+            raise Unavailable(f"the database is unavailable: {detail}", retry_after_s=retry_after_s) from None
         raise
+
+
+def _while_locked(work: Any, wait_s: float = 60.0) -> Any:
+    """Run ``work()``, waiting out a SQLite database that another process holds ("database is locked": replicas
+    starting together; switching to WAL takes the lock without waiting for it). That is contention, not an
+    outage: a locked database is never taken for one that is down."""
+    import sqlalchemy as sa
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return work()
+        except sa.exc.OperationalError as exc:
+            if "database is locked" not in str(exc.orig) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 # --- migrations -------------------------------------------------------------------------------------------
 class MigratedStore:
-    """A service's own database: an engine with its pool, the schema migrated on first use (a database down at
-    start does not stop the replica), and every operation's loss of the database turned into StoreUnavailable.
+    """A service's own database: its connection pool, the schema migrated on first use (a database down at
+    start does not stop the replica), and every operation's loss of the database turned into ``Unavailable``.
     Subclasses name their Alembic environment (``migrations/<environment>``)."""
 
     environment: ClassVar[str]
 
     def __init__(self, url: str, pool: DatabaseConfig | None = None) -> None:
         self.pool = pool or DatabaseConfig()
-        self.engine = create_engine(url, self.pool)
+        self.database = open_database(url, self.pool)  # SQLAlchemy's engine: connections and their pool
         self.revision: str | None = None
         self._migrating = threading.Lock()
-        with contextlib.suppress(StoreUnavailable):  # down at start: the replica serves, migrates on first use
+        with contextlib.suppress(Unavailable):  # down at start: the replica serves, migrates on first use
             self._ready()
 
     def _ready(self) -> None:
         if self.revision is None:
             with self._migrating, unavailable_as(self.pool.retry_after_s):
                 if self.revision is None:
-                    self.revision = migrate(self.engine, self.environment)
+                    self.revision = _while_locked(lambda: migrate(self.database, self.environment))
 
     @contextlib.contextmanager
     def _unavailable(self) -> Iterator[None]:
-        """Every operation: the schema is current (migrated on first use), a lost database is StoreUnavailable."""
+        """Every operation: the schema is current (migrated on first use), a lost database is ``Unavailable``."""
         self._ready()
         with unavailable_as(self.pool.retry_after_s):
             yield
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A connection for reads (the schema current, a lost database ``Unavailable``)."""
+        with self._unavailable(), self.database.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Any]:
+        """A transaction: committed when the block ends, rolled back when it raises."""
+        with self._unavailable(), self.database.begin() as conn:
+            yield conn
+
     def dispose(self) -> None:
-        self.engine.dispose()
+        self.database.dispose()
 
 
-def migrate(engine: Any, store: str, lock_path: Path | None = None) -> str:
-    """Upgrade ``engine``'s database to the newest revision of ``migrations/<store>`` and return it.
+def migrate(database: Any, store: str, lock_path: Path | None = None) -> str:
+    """Upgrade ``database`` to the newest revision of ``migrations/<store>`` and return it.
 
     One replica migrates at a time: PostgreSQL through an advisory lock held by the migrating connection, SQLite
     through a lock file beside the database. A replica that waited finds the database current and does nothing.
@@ -168,7 +188,7 @@ def migrate(engine: Any, store: str, lock_path: Path | None = None) -> str:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS / store))
     config.set_main_option("version_table", f"alembic_version_{store}")
-    with engine.connect() as conn, _migration_lock(engine, conn, store, lock_path):
+    with database.connect() as conn, _migration_lock(database, conn, store, lock_path):
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
         conn.commit()
@@ -212,12 +232,12 @@ def current_revision(conn: Any, store: str) -> str:
 
 
 @contextlib.contextmanager
-def _migration_lock(engine: Any, conn: Any, store: str, lock_path: Path | None) -> Iterator[None]:
+def _migration_lock(database: Any, conn: Any, store: str, lock_path: Path | None) -> Iterator[None]:
     import hashlib
 
     import sqlalchemy as sa
 
-    if engine.dialect.name == "postgresql":
+    if database.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"content-studio:{store}".encode()).digest()[:8], "big", signed=True)
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
         conn.commit()
@@ -227,8 +247,8 @@ def _migration_lock(engine: Any, conn: Any, store: str, lock_path: Path | None) 
             conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             conn.commit()
         return
-    database = engine.url.database
-    path = lock_path or (Path(database + f".{store}.migrate.lock") if database else None)
+    filename = database.url.database
+    path = lock_path or (Path(filename + f".{store}.migrate.lock") if filename else None)
     if path is None:  # an in-memory SQLite database has one connection: nothing to race with
         yield
         return

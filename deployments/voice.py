@@ -14,12 +14,12 @@ from ray import serve
 from deployments.common import (
     SEED_MAX,
     Narrative,
-    RequestError,
     ServiceConfig,
     StrictModel,
     resolve_model_source,
     resolve_placement,
 )
+from deployments.errors import InvalidRequest
 from deployments.replica import ModelReplica
 from deployments.telemetry import telemetry
 
@@ -155,7 +155,7 @@ class VoiceSynthesizer:
         name = self.config.voice_aliases.get(name, name)
         if name not in self.speakers:
             choices = ", ".join(sorted({*self.speakers, *self.config.voice_aliases}))
-            raise RequestError("voice", f"unknown voice {voice!r}; choose one of: {choices}")
+            raise InvalidRequest.for_field("voice", f"unknown voice {voice!r}; choose one of: {choices}")
         return name
 
     def _language(self, language: str | None) -> str | None:
@@ -163,7 +163,7 @@ class VoiceSynthesizer:
             return None
         name = language or self.config.language or self.languages[0]
         if name not in self.languages:
-            raise RequestError("language", f"unknown language {name!r}; choose one of: {self.languages}")
+            raise InvalidRequest.for_field("language", f"unknown language {name!r}; choose one of: {self.languages}")
         return name
 
     def _speakable(self, sentence: str) -> str | None:
@@ -188,12 +188,12 @@ class VoiceSynthesizer:
         cfg = self.config
         cfg.check_model(request.model)
         if len(request.input) > cfg.max_input_chars:
-            raise RequestError("input", f"must be at most {cfg.max_input_chars} characters")
+            raise InvalidRequest.for_field("input", f"must be at most {cfg.max_input_chars} characters")
         speaker, language = self._speaker(request.voice), self._language(request.language)
         spoken = (self._speakable(s) for s in split_sentences(request.input, cfg.max_sentence_chars))
         sentences = [s for s in spoken if s is not None]
         if not sentences:
-            raise RequestError("input", "has nothing this voice can pronounce")
+            raise InvalidRequest.for_field("input", "has nothing this voice can pronounce")
         pause = np.zeros(int(cfg.sentence_pause_s * self.sample_rate), dtype=np.float32)
         chunks: list[np.ndarray] = []
         with self._lock, torch.inference_mode():

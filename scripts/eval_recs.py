@@ -1,6 +1,6 @@
 """Offline evaluation of the recommender: popularity vs. ALS vs. the hybrid, on held-out events.
 
-A seeded synthetic data set with planted user and item communities (``scripts.recs_data``). Per user, 20% of
+A seeded synthetic data set with planted user and item communities (``offline.interactions``). Per user, 20% of
 events are held out; 10% of items are *new*: nobody touched them in training (all their events are held out),
 and they are registered the way the pipeline registers content, with their text. Everything runs through the
 real code path: the seed model folder is written by ``save_model_dir`` and loaded by the service's
@@ -74,7 +74,7 @@ def evaluate(users: int, items: int, communities: int, events_per_user: int, see
 
     from deployments.recommend import ItemIn, RecommendConfig, Recommender, RecommendRequest
     from deployments.recommend.model import save_model_dir
-    from scripts.recs_data import planted_interactions
+    from offline.interactions import planted_interactions
 
     started = time.perf_counter()
     data = planted_interactions(users, items, communities, events_per_user, seed=seed)

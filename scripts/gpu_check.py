@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from scripts.build_tiny_models import DEFAULT_OUT, ensure_tiny_models
-from scripts.serve_configs import ROOT, load, tiny_variant
+from app.deploy import ROOT, load, tiny_variant
+from offline.tiny_models import DEFAULT_OUT, ensure_tiny_models
 
 APP = "gpu-check"
 

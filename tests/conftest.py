@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def project_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throw-away project root holding this session's tiny models and data (``$CONTENT_STUDIO_ROOT``)."""
-    from scripts.build_tiny_models import ensure_tiny_models
+    from offline.tiny_models import ensure_tiny_models
 
     root = tmp_path_factory.mktemp("content-studio-root")
     ensure_tiny_models(root / ".cache" / "models" / "tiny")

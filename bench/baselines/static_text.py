@@ -1,9 +1,10 @@
-"""The previous text engine, kept as the benchmark's baseline: static batching with padded ``generate`` calls.
+"""A static-batching text engine, the benchmark's baseline: padded ``generate`` calls over coalesced batches.
 
 Requests that reach the replica together (``@serve.batch``, merged by a ``Coalescer``) run as one left-padded
 ``model.generate`` call that lasts as long as its longest row; a request that arrives meanwhile waits for the next
-call. This is what the service did before continuous batching (deployments/text/); it answers in the same shapes
-so the app, the ingress and the benchmark clients are unchanged, and ``bench.llm`` serves both side by side.
+call. It answers in the same shapes as the continuous-batching service (deployments/text/), so the app, the
+ingress and the benchmark clients are unchanged, and ``bench.llm`` serves both side by side. One module (past 400
+lines) because it is one engine: preparing, batching and streaming belong to each other here.
 
     import_path: bench.baselines.static_text:build_app   (the app, with this text deployment)
 """
@@ -20,7 +21,8 @@ from typing import Any, ClassVar, Literal
 from ray import serve
 
 from deployments.batching import BatchedMethods, BatchingConfig, in_serve_replica
-from deployments.common import RequestError, resolve_dtype, resolve_model_source, resolve_placement
+from deployments.common import resolve_dtype, resolve_model_source, resolve_placement
+from deployments.errors import InvalidRequest
 from deployments.replica import ModelReplica
 from deployments.text import Choice, ChoiceDelta, StreamStart, TextConfig, TextRequest, TextResult
 from deployments.text.engine import GREEDY_BELOW
@@ -81,7 +83,7 @@ class StaticTextEngine:
         for name in self.UNSUPPORTED:
             value = getattr(request, name)
             if value not in (None, False, 1, {}, [], 0, 0.0):
-                raise RequestError(name, "is not supported by the static baseline engine")
+                raise InvalidRequest.for_field(name, "is not supported by the static baseline engine")
         max_tokens = request.max_tokens or cfg.default_max_tokens
         if request.prompt_token_ids is not None:
             ids = torch.tensor([request.prompt_token_ids])
@@ -97,7 +99,9 @@ class StaticTextEngine:
             )
             ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
         if ids.shape[1] + max_tokens > self.context_length:
-            raise RequestError("max_tokens", f"prompt + max_tokens exceeds the context of {self.context_length}")
+            raise InvalidRequest.for_field(
+                "max_tokens", f"prompt + max_tokens exceeds the context of {self.context_length}"
+            )
         temperature = cfg.default_temperature if request.temperature is None else request.temperature
         top_p = cfg.default_top_p if request.top_p is None else request.top_p
         min_tokens = max_tokens if request.ignore_eos else min(request.min_tokens, max_tokens)
@@ -410,6 +414,6 @@ class StaticTextDeployment(BatchedMethods, ModelReplica[StaticTextConfig, Static
 
 def build_app(args: dict[str, Any] | None = None) -> Any:
     """The content-studio app with the static text deployment in place of the continuous-batching one."""
-    from graphs.app import AppArgs, build_graph
+    from app.builder import AppArgs, build_graph
 
-    return build_graph(AppArgs.model_validate(args or {}), text_deployment=StaticTextDeployment)
+    return build_graph(AppArgs.model_validate(args or {}), replace={"text": StaticTextDeployment})

@@ -61,6 +61,9 @@ class RecommendConfig(ServiceConfig):
         description="Folder of retrained versions (shared by all replicas: a volume on a cluster); relative "
         "paths resolve against the project root. `model` is the seed used until a first retrain.",
     )
+    keep_versions: int = Field(
+        3, ge=1, le=100, description="Trained versions kept in `trained_dir`; older ones are deleted at a publish."
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Retraining policy.")
     refresh_s: float = Field(
         2.0, gt=0, le=3600, description="How often a replica looks for a new version and for retraining to do."

@@ -25,7 +25,6 @@ from deployments.recommend.config import TrainingConfig
 
 MODEL_FILES: dict[str, str] = {"als": "als.npz", "bpr": "bpr.npz"}
 CURRENT = "CURRENT"
-KEEP_VERSIONS = 3
 
 
 @dataclass(frozen=True)
@@ -212,8 +211,8 @@ def train_factors(
 class ModelRegistry:
     """Versions of the trained recommender in one folder (shared by all replicas), with a ``CURRENT`` pointer."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        self.root, self.keep = Path(root), keep
 
     def current(self) -> str | None:
         try:
@@ -240,6 +239,6 @@ class ModelRegistry:
 
     def _prune(self, keep: str) -> None:
         versions = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("v"))
-        for old in versions[:-KEEP_VERSIONS]:
+        for old in versions[: -self.keep]:
             if old.name != keep:
                 shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,7 @@
 """The recommender's own store: interactions, registered items and the training lease, in any SQLAlchemy database.
 
 Its schema is versioned with Alembic (migrations/recommend/) and brought up to date when a replica opens it. Every
-operation runs in one transaction; a database that cannot be reached is a ``StoreUnavailable`` (503 +
+operation runs in one transaction; a database that cannot be reached is ``Unavailable`` (503 +
 Retry-After at the edge), never a 500, and nothing is half-written.
 """
 
@@ -62,7 +62,7 @@ class InteractionStore(MigratedStore):
         twice is harmless). Returns how many were new."""
         now = time.time()
         blobs = dict(zip((i.item_id for i in items), vectors or [None] * len(items), strict=True))
-        with self._unavailable(), self.engine.begin() as conn:
+        with self.writing() as conn:
             known = set(self.known_items([i.item_id for i in items], conn))
             fresh = {i.item_id: i for i in items if i.item_id not in known}
             rows = [
@@ -72,7 +72,7 @@ class InteractionStore(MigratedStore):
             if not rows:
                 return 0
             # Another replica may register the same item right now: its row wins, ours is skipped.
-            if self.engine.dialect.name == "postgresql":
+            if self.database.dialect.name == "postgresql":
                 from sqlalchemy.dialects.postgresql import insert
             else:
                 from sqlalchemy.dialects.sqlite import insert
@@ -82,7 +82,7 @@ class InteractionStore(MigratedStore):
 
     def known_items(self, item_ids: list[str], conn: Any = None) -> list[str]:
         found: list[str] = []
-        with self._unavailable(), _nullcontext(conn) if conn is not None else self.engine.connect() as c:
+        with self._unavailable(), _nullcontext(conn) if conn is not None else self.database.connect() as c:
             for start in range(0, len(item_ids), 500):  # keep IN lists small
                 chunk = item_ids[start : start + 500]
                 found += list(c.scalars(sa.select(ITEMS.c.item_id).where(ITEMS.c.item_id.in_(chunk))))
@@ -90,13 +90,13 @@ class InteractionStore(MigratedStore):
 
     def newest_items(self, limit: int) -> list[str]:
         query = sa.select(ITEMS.c.item_id).order_by(ITEMS.c.created_at.desc(), ITEMS.c.item_id).limit(limit)
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             return list(conn.scalars(query))
 
     def item_texts(self) -> dict[str, str]:
         """Every registered item with its title and text, for content similarity."""
         t = ITEMS
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             return {
                 i: f"{title}\n{text}".strip()
                 for i, title, text in conn.execute(sa.select(t.c.item_id, t.c.title, t.c.text))
@@ -104,7 +104,7 @@ class InteractionStore(MigratedStore):
 
     def item_titles(self, item_ids: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             for start in range(0, len(item_ids), 500):
                 chunk = item_ids[start : start + 500]
                 query = sa.select(ITEMS.c.item_id, ITEMS.c.title).where(ITEMS.c.item_id.in_(chunk))
@@ -116,7 +116,7 @@ class InteractionStore(MigratedStore):
         vector). The replicas' way to follow new items without reading the catalogue."""
         t = ITEMS
         query = sa.select(*_WITH_VECTOR).where(t.c.created_at >= created_after).order_by(t.c.created_at, t.c.item_id)
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             return [(i, float(c), v, x or "") for i, c, v, x in conn.execute(query)]
 
     def item_times_since(
@@ -135,14 +135,14 @@ class InteractionStore(MigratedStore):
                 sa.or_(t.c.created_at > after[0], t.c.item_id > after[1]),
             )
         query = query.order_by(t.c.created_at, t.c.item_id).limit(limit)
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             return [(i, float(c)) for i, c in conn.execute(query)]
 
     def items_by_id(self, item_ids: list[str]) -> list[tuple[str, float, bytes | None, str]]:
         """These items as ``items_since`` gives them, in registration order."""
         t = ITEMS
         out: list[tuple[str, float, bytes | None, str]] = []
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             for start in range(0, len(item_ids), 500):
                 chunk = item_ids[start : start + 500]
                 query = sa.select(*_WITH_VECTOR).where(t.c.item_id.in_(chunk))
@@ -151,30 +151,23 @@ class InteractionStore(MigratedStore):
 
     def newest_item_time(self) -> float:
         """When the newest item was registered (an index lookup: cheap enough to ask every second)."""
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             return float(conn.scalar(sa.select(sa.func.max(ITEMS.c.created_at))) or 0.0)
-
-    def items_version(self) -> tuple[int, float]:
-        """Changes whenever an item is registered: (count, newest created_at)."""
-        t = ITEMS
-        with self._unavailable(), self.engine.connect() as conn:
-            count, newest = conn.execute(sa.select(sa.func.count(), sa.func.max(t.c.created_at))).one()
-        return int(count), float(newest or 0.0)
 
     # --- interactions -------------------------------------------------------------------------------------
     def add(self, rows: list[dict[str, Any]]) -> None:
-        with self._unavailable(), self.engine.begin() as conn:
+        with self.writing() as conn:
             conn.execute(INTERACTIONS.insert(), rows)
 
     def user_events(self, user_id: str) -> list[tuple[str, float]]:
         t = INTERACTIONS
         query = sa.select(t.c.item_id, sa.func.sum(t.c.weight)).where(t.c.user_id == user_id).group_by(t.c.item_id)
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             return [(item, float(weight)) for item, weight in conn.execute(query)]
 
     def item_totals(self) -> dict[str, float]:
         t = INTERACTIONS
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             rows = conn.execute(sa.select(t.c.item_id, sa.func.sum(t.c.weight)).group_by(t.c.item_id))
             return {item: float(weight) for item, weight in rows}
 
@@ -182,7 +175,7 @@ class InteractionStore(MigratedStore):
         """How many events each of these items received."""
         t = INTERACTIONS
         counts: dict[str, int] = {}
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             for start in range(0, len(item_ids), 500):  # keep IN lists small
                 chunk = item_ids[start : start + 500]
                 query = sa.select(t.c.item_id, sa.func.count()).where(t.c.item_id.in_(chunk)).group_by(t.c.item_id)
@@ -190,7 +183,7 @@ class InteractionStore(MigratedStore):
         return counts
 
     def last_event_id(self) -> int:
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             return int(conn.execute(sa.select(sa.func.max(INTERACTIONS.c.id))).scalar() or 0)
 
     def training_events(self, upto: int) -> list[tuple[str, str, float]]:
@@ -201,7 +194,7 @@ class InteractionStore(MigratedStore):
             .where(t.c.id <= upto)
             .group_by(t.c.user_id, t.c.item_id)
         )
-        with self._unavailable(), self.engine.connect() as conn:
+        with self.reading() as conn:
             return [(u, i, float(w)) for u, i, w in conn.execute(query)]
 
     # --- the training lease -------------------------------------------------------------------------------
@@ -210,7 +203,7 @@ class InteractionStore(MigratedStore):
         racing for it exactly one wins (PostgreSQL and SQLite alike)."""
         now = time.time()
         t = LEASES
-        with self._unavailable(), self.engine.begin() as conn:
+        with self.writing() as conn:
             if conn.execute(sa.select(t.c.name).where(t.c.name == name)).first() is None:
                 try:
                     with conn.begin_nested():
@@ -226,13 +219,8 @@ class InteractionStore(MigratedStore):
             return taken.rowcount == 1
 
     def release_lease(self, name: str, holder: str) -> None:
-        with self._unavailable(), self.engine.begin() as conn:
+        with self.writing() as conn:
             conn.execute(sa.update(LEASES).where(LEASES.c.name == name, LEASES.c.holder == holder).values(until=0.0))
-
-    def lease_holder(self, name: str) -> str | None:
-        with self._unavailable(), self.engine.connect() as conn:
-            row = conn.execute(sa.select(LEASES.c.holder, LEASES.c.until).where(LEASES.c.name == name)).first()
-        return row[0] if row is not None and row[1] >= time.time() else None
 
 
 class _nullcontext:

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from deployments.common import SEED_MAX, ModelOutputError, Narrative, StrictModel
+from deployments.common import SEED_MAX, Narrative, StrictModel
+from deployments.errors import BadOutput
 from deployments.text.config import ArticleLength
 from deployments.text.schemas import TextResult
 
@@ -62,9 +63,9 @@ class Article(Narrative):
             document = json.loads(result.text)
             title, body = str(document["title"]).strip(), str(document["body"]).strip()
         except (ValueError, KeyError, TypeError) as exc:  # only a model served without the schema gets here
-            raise ModelOutputError(f"the article is not the JSON asked for: {exc}") from None
+            raise BadOutput(f"the article is not the JSON asked for: {exc}") from None
         if not body:
-            raise ModelOutputError("the model wrote an empty article")
+            raise BadOutput("the model wrote an empty article")
         return cls(
             title=title[:TITLE_MAX_CHARS] or body[:TITLE_MAX_CHARS],
             body=body,

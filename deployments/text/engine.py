@@ -78,21 +78,6 @@ class EngineOutput:
         return self.finish_reason is not None
 
 
-class EngineOverloaded(RuntimeError):
-    """The engine's queue is full: the caller should come back later (503 with Retry-After)."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.retry_after_s))
-
-
-class EngineFailed(RuntimeError):
-    """The engine could not generate this request (its loop failed or stopped)."""
-
-
 class GenerationEngine(Protocol):
     """What the text service needs from a generation engine."""
 
@@ -103,7 +88,7 @@ class GenerationEngine(Protocol):
 
     async def submit(self, request: EngineRequest) -> None:
         """Admit the request (it joins the running batch at the next step), waiting for room in the queue;
-        raise ``EngineOverloaded`` when the queue is full."""
+        raise ``Unavailable`` (with ``retry_after_s``) when the queue is full."""
 
     def stream(self, request_id: str) -> AsyncIterator[EngineOutput]:
         """Outputs of a submitted request as it generates, ending with the one that has a finish reason."""

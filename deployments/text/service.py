@@ -2,9 +2,9 @@
 
 ``TextService`` is the plain class the replica holds. It loads the tokenizer and the weights through
 ``from_pretrained``, starts a generation engine over them (``engine.kind``; see engine.py for the seam), and turns
-``TextRequest``s into engine requests and the engine's tokens back into text: chat templates, validation against
-the model (its context, its vocabulary), stop strings and incremental detokenisation, ``n`` choices and
-``best_of``, log probabilities, structured output and tool calls.
+``TextRequest``s into engine requests (preparation.py: chat templates, validation against the model, sampling,
+grammars) and the engine's tokens back into results (here: stop strings and incremental detokenisation, ``n``
+choices and ``best_of``, log probabilities, tool calls).
 """
 
 from __future__ import annotations
@@ -16,31 +16,29 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from deployments.common import RequestError, memory_bytes, resolve_dtype, resolve_model_source, resolve_placement
+from deployments.common import memory_bytes, resolve_dtype, resolve_model_source, resolve_placement
+from deployments.errors import InvalidRequest
 from deployments.telemetry import telemetry
-from deployments.text.articles import ARTICLE_SCHEMA, Article, ArticleDelta, ArticleFields, ArticleRequest
+from deployments.text.articles import Article, ArticleDelta, ArticleFields, ArticleRequest
 from deployments.text.config import EngineConfig, TextConfig
-from deployments.text.engine import EngineRequest, GenerationEngine, SamplingParams, TokenChoice
+from deployments.text.engine import EngineRequest, GenerationEngine, TokenChoice
+from deployments.text.preparation import Prepared, RequestPreparation
 from deployments.text.schemas import (
-    ChatMessage,
     Choice,
     ChoiceDelta,
     FinishReason,
-    ResponseFormat,
     StreamStart,
     TextRequest,
     TextResult,
-    Tokenized,
     TokenLogprob,
     ToolCall,
     ToolCallFunction,
     TopLogprob,
 )
-from deployments.text.structured import ANY_JSON_OBJECT, json_schema_grammar, tool_call_schema
-from deployments.text.tokens import IncrementalDetokenizer, StopStrings, token_bytes
+from deployments.text.tokens import IncrementalDetokenizer, StopStrings, token_bytes, token_text
 
 ENGINE_RESTART_WAIT_S = 300.0
 HERMES_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
@@ -58,27 +56,6 @@ def build_engine(
 
 
 @dataclass
-class Prepared:
-    """A validated, tokenised request: everything the engine needs, per choice."""
-
-    prompt_ids: list[int]
-    prompt_text: str
-    params: list[SamplingParams]  # one per candidate (best_of, or n)
-    n: int
-    stops: list[str]
-    logprobs: int | None
-    echo: bool
-    tool_mode: str = "none"  # none | named | required | auto
-    tool_name: str | None = None
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    group: str | None = None  # the request its candidates wait in the engine as (None: this one alone)
-
-    @property
-    def candidates(self) -> int:
-        return len(self.params)
-
-
-@dataclass
 class _Outcome:
     """One candidate's generated text and tokens."""
 
@@ -92,7 +69,7 @@ class _Outcome:
         return sum(t.logprob for t in self.tokens)
 
 
-class TextService:
+class TextService(RequestPreparation):
     """Loads a causal LM and its tokenizer, runs a generation engine over them, answers ``TextRequest``s."""
 
     def __init__(
@@ -179,124 +156,6 @@ class TextService:
         if self.config.health_probe:
             await self.generate(self.prepare(TextRequest(prompt="ok", max_tokens=1, temperature=0.0)))
 
-    # --- preparing ----------------------------------------------------------------------------------------
-    def render_prompt(self, request: TextRequest, tools: list[dict[str, Any]] | None = None) -> str:
-        """The text the model sees: the prompt, or the chat through the tokenizer's template when it has one."""
-        if request.prompt is not None:
-            return request.prompt
-        if request.prompt_token_ids is not None:
-            return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
-        messages = [_template_message(m) for m in request.messages or []]
-        if getattr(self.tokenizer, "chat_template", None):
-            kwargs: dict[str, Any] = {"tools": tools} if tools else {}
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
-        lines = [f"{m['role']}: {m.get('content') or ''}" for m in messages]
-        return "\n".join([*lines, "assistant:"])
-
-    def prepare(self, request: TextRequest) -> Prepared:
-        """Validate against the model and config, and tokenise: everything before the engine runs."""
-        cfg = self.config
-        cfg.check_model(request.model)
-        max_tokens = request.max_tokens or cfg.default_max_tokens
-        if max_tokens > cfg.max_tokens_limit:
-            raise RequestError("max_tokens", f"must be at most {cfg.max_tokens_limit} for this model")
-        candidates = request.best_of or request.n
-        if request.n > cfg.max_choices:
-            raise RequestError("n", f"must be at most {cfg.max_choices} for this model")
-        if candidates > cfg.max_choices:
-            raise RequestError("best_of", f"must be at most {cfg.max_choices} for this model")
-        if request.logprobs is not None and request.logprobs > cfg.max_logprobs:
-            raise RequestError("logprobs", f"at most {cfg.max_logprobs} alternatives per token")
-        if any(t >= self.vocab_size for t in request.logit_bias):
-            raise RequestError("logit_bias", f"token ids must be below the vocabulary size {self.vocab_size}")
-        tool_mode, tool_name, grammar = self._tools_and_format(request)
-        tools = [t.model_dump(exclude_none=True) for t in request.tools or []] if tool_mode == "auto" else None
-        prompt_text = self.render_prompt(request, tools)
-        if request.prompt_token_ids is not None:
-            if any(t < 0 or t >= self.vocab_size for t in request.prompt_token_ids):
-                raise RequestError("prompt", f"token ids must be between 0 and {self.vocab_size - 1}")
-            prompt_ids = list(request.prompt_token_ids)
-        else:
-            prompt_ids = self.tokenizer(prompt_text, add_special_tokens=request.prompt is not None)["input_ids"]
-        field = "messages" if request.messages is not None else "prompt"
-        if not prompt_ids:
-            raise RequestError(field, "encodes to no tokens")
-        context = self.context_length
-        if len(prompt_ids) >= context:
-            raise RequestError(field, f"is {len(prompt_ids)} tokens; the model's context is {context}")
-        if len(prompt_ids) + max_tokens > context:
-            raise RequestError(
-                "max_tokens",
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
-                f"of {context} tokens",
-            )
-        temperature = cfg.default_temperature if request.temperature is None else request.temperature
-        top_p = cfg.default_top_p if request.top_p is None else request.top_p
-        wants_scores = request.logprobs is not None or candidates > request.n
-        base = SamplingParams(
-            max_tokens=max_tokens,
-            min_tokens=min(request.min_tokens, max_tokens),
-            temperature=temperature,
-            top_p=top_p,
-            top_k=request.top_k,
-            min_p=request.min_p,
-            frequency_penalty=request.frequency_penalty,
-            presence_penalty=request.presence_penalty,
-            repetition_penalty=request.repetition_penalty,
-            logit_bias=tuple(sorted(request.logit_bias.items())),
-            ignore_eos=request.ignore_eos,
-            logprobs=(request.logprobs or 0) if wants_scores else None,
-            grammar=grammar,
-            closing_reserve=cfg.structured_closing_reserve,
-        )
-        params = [_with_seed(base, None if request.seed is None else request.seed + i) for i in range(candidates)]
-        return Prepared(
-            prompt_ids=list(prompt_ids),
-            prompt_text=prompt_text,
-            params=params,
-            n=request.n,
-            stops=list(request.stop),
-            logprobs=request.logprobs,
-            echo=request.echo,
-            tool_mode=tool_mode,
-            tool_name=tool_name,
-            group=request.group,
-        )
-
-    def _tools_and_format(self, request: TextRequest) -> tuple[str, str | None, str | None]:
-        """The tool mode, the forced function's name, and the grammar (structured output or tool arguments)."""
-        tools = request.tools or []
-        choice = request.tool_choice or ("auto" if tools else "none")
-        fmt = request.response_format or ResponseFormat()
-        if not tools or choice == "none":
-            return "none", None, self._format_grammar(fmt)
-        if fmt.type != "text":
-            raise RequestError("response_format", "cannot be combined with tools the model must call")
-        if choice == "auto":
-            template = getattr(self.tokenizer, "chat_template", None) or ""
-            if self.config.tool_call_parser is None or "tools" not in template:
-                raise RequestError(
-                    "tool_choice",
-                    "`auto` needs a model whose chat template takes tools and a `tool_call_parser` in the text "
-                    "service config; name a function or use `required` to have its arguments generated",
-                )
-            return "auto", None, None
-        specs = [t.model_dump(exclude_none=True) for t in tools]
-        if choice == "required":
-            return "required", None, json_schema_grammar(tool_call_schema(specs), "tools")
-        named = next((t for t in specs if t["name"] == choice), None)
-        if named is None:
-            raise RequestError("tool_choice", f"names no tool of the request: {choice!r}")
-        return "named", named["name"], json_schema_grammar(named.get("parameters") or ANY_JSON_OBJECT, "tools")
-
-    @staticmethod
-    def _format_grammar(fmt: ResponseFormat) -> str | None:
-        if fmt.type == "json_object":
-            return json_schema_grammar(ANY_JSON_OBJECT, "response_format")
-        if fmt.type == "json_schema":
-            return json_schema_grammar(fmt.json_schema or ANY_JSON_OBJECT, "response_format")
-        return None
-
     # --- generating ---------------------------------------------------------------------------------------
     async def generate(self, prepared: Prepared) -> TextResult:
         """Every candidate runs in the continuous batch at once; the ``n`` likeliest are returned."""
@@ -318,7 +177,7 @@ class TextService:
         """A ``StreamStart``, then ``ChoiceDelta``s of every choice as they come, then the full ``TextResult``.
         Closing the stream cancels every choice in the engine."""
         if prepared.candidates > prepared.n:
-            raise RequestError("best_of", "cannot be larger than `n` when streaming")
+            raise InvalidRequest.for_field("best_of", "cannot be larger than `n` when streaming")
         start = StreamStart(
             model=self.config.name,
             prompt_tokens=len(prepared.prompt_ids),
@@ -472,27 +331,12 @@ class TextService:
     def _logprob(self, choice: TokenChoice, top: int) -> TokenLogprob:
         def entry(token_id: int, logprob: float) -> TopLogprob:
             raw = token_bytes(self.tokenizer, token_id)
-            return TopLogprob(token=_token_text(raw), token_id=token_id, logprob=logprob, bytes=list(raw))
+            return TopLogprob(token=token_text(raw), token_id=token_id, logprob=logprob, bytes=list(raw))
 
         first = entry(choice.token_id, choice.logprob)
         return TokenLogprob(**first.model_dump(), top=[entry(t, lp) for t, lp in choice.top[:top]])
 
     # --- articles -----------------------------------------------------------------------------------------
-    def article_request(self, request: ArticleRequest) -> TextRequest:
-        cfg = self.config
-        style = request.style or "engaging"
-        user = cfg.article_prompt.format(topic=request.topic, style=style, length=request.length)
-        return TextRequest(
-            model=request.model,
-            messages=[
-                ChatMessage(role="system", content=cfg.article_system_prompt),
-                ChatMessage(role="user", content=user),
-            ],
-            max_tokens=min(cfg.article_tokens[request.length], cfg.max_tokens_limit),
-            seed=request.seed,
-            response_format=ResponseFormat(type="json_schema", json_schema=ARTICLE_SCHEMA),
-        )
-
     async def write_article(self, request: ArticleRequest) -> Article:
         return Article.parse(await self.generate(self.prepare(self.article_request(request))))
 
@@ -504,43 +348,3 @@ class TextService:
                     yield delta
             elif isinstance(item, TextResult):
                 yield Article.parse(item)
-
-    # --- tokens -------------------------------------------------------------------------------------------
-    def tokenize(
-        self, request: TextRequest, add_special_tokens: bool = True, return_token_strs: bool = False
-    ) -> Tokenized:
-        self.config.check_model(request.model)
-        text = self.render_prompt(request)
-        ids = self.tokenizer(text, add_special_tokens=add_special_tokens and request.prompt is not None)["input_ids"]
-        strs = [_token_text(token_bytes(self.tokenizer, t)) for t in ids] if return_token_strs else None
-        return Tokenized(tokens=list(ids), count=len(ids), max_model_len=self.context_length, token_strs=strs)
-
-    def detokenize(self, tokens: list[int], model: str | None = None) -> str:
-        self.config.check_model(model)
-        if any(t < 0 or t >= self.vocab_size for t in tokens):
-            raise RequestError("tokens", f"token ids must be between 0 and {self.vocab_size - 1}")
-        return self.tokenizer.decode(tokens, skip_special_tokens=False)
-
-
-def _with_seed(params: SamplingParams, seed: int | None) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(params, seed=seed)
-
-
-def _template_message(message: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.name:
-        out["name"] = message.name
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id:
-        out["tool_call_id"] = message.tool_call_id
-    return out
-
-
-def _token_text(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace")

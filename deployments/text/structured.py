@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import Any
 
-from deployments.common import RequestError
+from deployments.errors import InvalidRequest
 
 # The JSON layout models write by themselves (and ``json.dumps`` writes): a compact layout the model did not
 # expect would push it to write a separator inside the next string.
@@ -42,10 +42,10 @@ def json_schema_grammar(schema: dict[str, Any], field: str) -> str:
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_STYLE)
     except (TypeError, ValueError) as exc:
-        raise RequestError(field, f"the JSON schema cannot be used: {exc}") from None
+        raise InvalidRequest.for_field(field, f"the JSON schema cannot be used: {exc}") from None
     problem = llguidance.LLMatcher.validate_grammar(grammar)
     if problem:
-        raise RequestError(field, f"the JSON schema cannot be used: {problem.splitlines()[0]}")
+        raise InvalidRequest.for_field(field, f"the JSON schema cannot be used: {problem.splitlines()[0]}")
     return grammar
 
 

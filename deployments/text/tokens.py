@@ -130,3 +130,8 @@ class StopStrings:
             return ""
         piece, self.sent = self.text[self.sent : upto], upto
         return piece
+
+
+def token_text(raw: bytes) -> str:
+    """A token's bytes as text (a partial UTF-8 sequence shows as the replacement character)."""
+    return raw.decode("utf-8", errors="replace")

@@ -1,4 +1,5 @@
 """Continuous batching over transformers' ``ContinuousBatchingManager``: token-level scheduling, paged KV cache.
+One module past 400 lines because it is one engine: its lifecycle, requests and sampling hook share its state.
 
 One manager per engine runs a background loop; each step it schedules prompt chunks and one decode token per
 running request into one forward pass. A request submitted now joins at the next step and leaves as soon as it is
@@ -11,121 +12,25 @@ order, picks each row's token with ``sample_step`` and hands it back as the only
 sampling then takes the arg-max). The manager runs greedy, without CUDA graphs (our step runs Python per row) and
 without async double-buffering (the step must see every row's latest token).
 
-Admission: a sequence is admitted while fewer than ``max_running`` run and the prompt + ``max_tokens`` of those
-admitted fit the KV cache (times ``kv_overcommit``); others wait in a queue of ``max_waiting`` requests; one more
-is refused with ``EngineOverloaded`` (503 + Retry-After). So a full cache queues or refuses; it never crashes the
-loop. The sequences of one request (its ``n`` or ``best_of`` candidates, every prompt of a completion: one
-``group``) wait as one: a request takes one place in the queue however many sequences it holds, so a request
-that is valid alone is never refused because it is large, and the queue counts what Serve and the edge count.
+Admission (admission.py): a sequence runs only when it fits the KV cache; others queue, one more is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
+from typing import Any
 
+from deployments.errors import Unavailable
+from deployments.text.admission import Admission
 from deployments.text.config import EngineConfig
-from deployments.text.engine import (
-    EngineFailed,
-    EngineOutput,
-    EngineOverloaded,
-    EngineRequest,
-    FinishReason,
-    TokenChoice,
-)
+from deployments.text.engine import EngineOutput, EngineRequest, FinishReason, TokenChoice
 
 logger = logging.getLogger("content_studio.text.engine")
 CPU_DEFAULT_BLOCKS = 256
-
-
-class _Waiter(NamedTuple):
-    tokens: int
-    future: asyncio.Future[None]
-    loop: asyncio.AbstractEventLoop
-    group: object
-
-
-class Admission:
-    """Counts running requests and their reserved KV tokens; callers wait in FIFO order, from any event loop."""
-
-    def __init__(self, max_running: int, max_waiting: int, token_budget: int, retry_after_s: float) -> None:
-        self.max_running, self.max_waiting, self.token_budget = max_running, max_waiting, token_budget
-        self.retry_after_s = retry_after_s
-        self.running = 0
-        self.reserved = 0
-        self._waiters: collections.deque[_Waiter] = collections.deque()
-        self._groups: collections.Counter[object] = collections.Counter()  # waiting sequences per request
-        self._lock = threading.Lock()
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting (each with one or more sequences)."""
-        return len(self._groups)
-
-    def _fits(self, tokens: int) -> bool:
-        if self.running >= self.max_running:
-            return False
-        return self.running == 0 or self.reserved + tokens <= self.token_budget
-
-    def _take(self, tokens: int) -> None:
-        self.running += 1
-        self.reserved += tokens
-
-    async def acquire(self, tokens: int, group: object = None) -> None:
-        """A place for one sequence of ``tokens`` (prompt + max_tokens); ``group``: the request it belongs to
-        (None: a request of its own)."""
-        group = object() if group is None else group
-        with self._lock:
-            if not self._waiters and self._fits(tokens):
-                self._take(tokens)
-                return
-            if group not in self._groups and len(self._groups) >= self.max_waiting:
-                raise EngineOverloaded(
-                    f"the text engine is full ({self.running} sequences running, {len(self._groups)} requests waiting)",
-                    self.retry_after_s,
-                )
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(_Waiter(tokens, future, loop, group))
-            self._groups[group] += 1
-        try:
-            await future
-        except asyncio.CancelledError:
-            with self._lock:
-                left = [w for w in self._waiters if w.future is future]
-                self._waiters = collections.deque(w for w in self._waiters if w.future is not future)
-                for waiter in left:
-                    self._leave(waiter.group)
-            raise
-
-    def _leave(self, group: object) -> None:
-        self._groups[group] -= 1
-        if self._groups[group] <= 0:
-            del self._groups[group]
-
-    def release(self, tokens: int) -> None:
-        wake: list[_Waiter] = []
-        with self._lock:
-            self.running -= 1
-            self.reserved -= tokens
-            while self._waiters and self._fits(self._waiters[0].tokens):
-                waiter = self._waiters.popleft()
-                self._leave(waiter.group)
-                self._take(waiter.tokens)
-                wake.append(waiter)
-        for waiter in wake:
-            waiter.loop.call_soon_threadsafe(self._admit, waiter.future, waiter.tokens)
-
-    def _admit(self, future: asyncio.Future[None], tokens: int) -> None:
-        if future.cancelled():  # the caller gave up after its place was given: give the place back
-            self.release(tokens)
-        else:
-            future.set_result(None)
 
 
 class _Stream:
@@ -212,7 +117,7 @@ class TransformersEngine:
         error = getattr(getattr(dead, "background_thread_status", None), "fatal_error", None)
         logger.error("the continuous batching loop died (%s); starting a new one", error)
         for stream in list(self._streams.values()):
-            _put(stream, EngineFailed(f"the generation loop failed: {error}"))
+            _put(stream, Unavailable(f"the generation loop failed: {error}"))
         self.manager = None
         self.start()
 
@@ -226,7 +131,7 @@ class TransformersEngine:
                 cache = processor.cache
                 return int(cache.num_blocks * self.config.kv_cache.page_size)
             time.sleep(0.05)
-        raise EngineFailed("the continuous batching loop did not start within 60 s")
+        raise Unavailable("the continuous batching loop did not start within 60 s")
 
     def close(self, drain_s: float = 120.0, wait: bool = False) -> None:
         """Stop taking requests; those running finish (for up to ``drain_s``), then the loop stops and frees the
@@ -242,7 +147,7 @@ class TransformersEngine:
             manager.stop(block=True, timeout=drain_s)  # flush: running requests complete first
             self.manager = None
             for stream in list(self._streams.values()):
-                _put(stream, EngineFailed("the text engine stopped before this request finished"))
+                _put(stream, Unavailable("the text engine stopped before this request finished"))
 
         self._closing = threading.Thread(target=drain, name="text-engine-drain", daemon=True)
         self._closing.start()
@@ -260,7 +165,7 @@ class TransformersEngine:
         if self.manager is not None and not self.manager.is_running() and self.admission_open:
             self._revive()
         if not self.running or self.admission is None:
-            raise EngineFailed("the text engine is not running")
+            raise Unavailable("the text engine is not running")
         if request.request_id in self._streams:
             raise ValueError(f"request id {request.request_id!r} is in use")
         reserved = len(request.prompt_ids) + request.params.max_tokens
@@ -283,7 +188,7 @@ class TransformersEngine:
                 cs_request=request.request_id,
             )
             if added is None:
-                raise EngineFailed("the text engine is stopping")
+                raise Unavailable("the text engine is stopping")
         except BaseException:
             if request.request_id in self._streams:
                 self._forget(request.request_id)
@@ -299,7 +204,7 @@ class TransformersEngine:
                 if isinstance(item, Exception):
                     raise item
                 if item.error is not None:
-                    raise EngineFailed(f"generation failed: {item.error}")
+                    raise Unavailable(f"generation failed: {item.error}")
                 output = self._output(stream, item)
                 if output.finished:
                     stream.done = True
@@ -331,7 +236,7 @@ class TransformersEngine:
         if stream is None or self.manager is None:
             return
         self.manager.cancel_request(request_id)
-        _put(stream, EngineFailed("cancelled"))
+        _put(stream, Unavailable("cancelled"))
 
     def _forget(self, request_id: str) -> None:
         stream = self._streams.pop(request_id, None)

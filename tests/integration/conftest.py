@@ -23,8 +23,16 @@ import httpx
 import pytest
 import yaml
 
-from scripts.serve_configs import keep_possible_experiments
-from scripts.serve_local import READY_TIMEOUT_S, free_port, serve_cli, session_config, wait_healthy
+from app.deploy import (
+    READY_TIMEOUT_S,
+    app_of,
+    free_port,
+    keep_possible_experiments,
+    only,
+    serve_cli,
+    session_config,
+    wait_healthy,
+)
 from tests.conftest import REDIS_URL, redis_reachable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,15 +147,74 @@ def databases() -> Iterator[dict[str, Any]]:
     created.drop_all()
 
 
-def extra_app(config: dict[str, Any], name: str) -> dict[str, Any]:
+def extra_app(config: dict[str, Any], name: str, services: tuple[str, ...] | None = None) -> dict[str, Any]:
     """A copy of the session's application as a second app ``name`` at ``/name``, for a test to change freely;
     without the A/B candidate (its deployment, ``args.variants`` and the ingress's experiments): every request
-    goes to the service under test, and the machine loads one model fewer per extra app."""
+    goes to the service under test. ``services``: deploy only these (and the ingress), as the builder's
+    ``args.services`` allows: a test loads the models it needs, not a whole copy of the app."""
     app = copy.deepcopy(config["applications"][0])
     app["name"], app["route_prefix"] = name, f"/{name}"
-    variants = {n for names in app.get("args", {}).pop("variants", {}).values() for n in names}
+    variants = {n for names in app.setdefault("args", {}).pop("variants", {}).values() for n in names}
     app["deployments"] = [d for d in app["deployments"] if d["name"] not in variants]
-    return keep_possible_experiments(app)
+    return only(app, services) if services is not None else keep_possible_experiments(app)
+
+
+def with_app(deployed_app: dict, app: dict) -> dict:
+    """The session's config plus ``app``, which runs with the session's environment (models, data folder)."""
+    config = copy.deepcopy(deployed_app["config"])
+    app = copy.deepcopy(app)
+    app["runtime_env"] = copy.deepcopy(app_of(config)["runtime_env"])
+    config["applications"].append(app)
+    return config
+
+
+def running_replicas(app: str) -> dict[str, int]:
+    """RUNNING replicas per deployment of ``app``, as Serve's controller reports them."""
+    from ray import serve
+
+    status = serve.status().applications[app]
+    return {name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()}
+
+
+def replica_reports(app: str, deployment: str, timeout: float = 60) -> dict[str, dict]:
+    """Every running replica's own report (``describe``), by replica id: asked through a handle until as many
+    replicas answered as Serve reports RUNNING (the router spreads calls; which replica answers is its choice)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app)
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = handle.describe.remote().result(timeout_s=30)
+        seen[info["replica"]] = info
+        if len(seen) >= running_replicas(app)[deployment]:
+            return seen
+    raise TimeoutError(f"{app}/{deployment}: {len(seen)} replicas answered, {running_replicas(app)[deployment]} run")
+
+
+def wait_serving_version(version: str, app: str = "content-studio", timeout: float = 60) -> None:
+    """Until every running recommend replica serves ``version`` (each swaps within its ``refresh_s``)."""
+    deadline = time.monotonic() + timeout
+    versions: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        versions = {replica: info["model_version"] for replica, info in replica_reports(app, "recommend").items()}
+        if set(versions.values()) == {version}:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"not every recommend replica serves {version} after {timeout}s: {versions}")
+
+
+def replica_ids(app: str) -> dict[str, set[str]]:
+    """The live replicas of each deployment of ``app``, by id (from the named replica actors)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#"
+    ids: dict[str, set[str]] = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith(prefix):
+            deployment, replica = actor["name"][len(prefix) :].split("#", 1)
+            ids.setdefault(deployment, set()).add(replica)
+    return ids
 
 
 def use_databases(config: dict[str, Any], databases: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.serve_configs import app_of, deployments_of
+from app.deploy import app_of, deployments_of
 from tests.conftest import REDIS_URL, redis_reachable
 
 APP = "content-studio"

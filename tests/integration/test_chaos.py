@@ -16,7 +16,7 @@ import httpx
 import pytest
 import ray
 
-from scripts.serve_configs import app_of, deployments_of
+from app.deploy import app_of, deployments_of
 from tests.integration.conftest import wait_deployments_healthy, wait_healthy
 
 APP = "content-studio"
@@ -112,8 +112,8 @@ def test_killing_any_replica_under_mixed_load_loses_and_doubles_nothing(
     for deployment in DEPLOYMENTS:
 
         async def scenario(name: str = deployment) -> list[Client]:
-            load = asyncio.create_task(mixed_load(deployed_app["url"], 14, made, counts))
-            await asyncio.sleep(4)
+            load = asyncio.create_task(mixed_load(deployed_app["url"], 10, made, counts))
+            await asyncio.sleep(3)
             await asyncio.to_thread(kill_one_replica, name)
             return await load
 

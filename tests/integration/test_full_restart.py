@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import time
 
 import httpx
 import pytest
 import soundfile as sf
 from PIL import Image
 
-from tests.integration.conftest import serve_cli, start_cluster, stop_cluster, wait_healthy
+from tests.integration.conftest import serve_cli, start_cluster, stop_cluster, wait_healthy, wait_serving_version
 
 
 @pytest.mark.restarts_cluster
@@ -23,12 +22,8 @@ def test_content_assets_and_interactions_survive_a_full_stop_and_start(
         event = {"user_id": "keeper-9", "item_id": item, "event": "like"}
         assert client.post("/v1/interactions", json=event).status_code == 202
     version = client.post("/v1/recommend/retrain").json()["version"]  # factors trained on those likes
-    deadline = time.monotonic() + 30
-    while True:  # every replica serves the new version within its refresh_s (there may be two by now)
-        recommended = client.get("/v1/recommendations", params={"user_id": "keeper-9", "k": 5}).json()
-        if recommended["model_version"] == version or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    wait_serving_version(version)  # every replica serves it within its refresh_s (there may be two by now)
+    recommended = client.get("/v1/recommendations", params={"user_id": "keeper-9", "k": 5}).json()
     assert recommended["model_version"] == version
     assert recommended["items"][0]["reason"] in {"als", "content"}  # the likes were counted
 

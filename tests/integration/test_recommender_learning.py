@@ -7,25 +7,29 @@ import time
 
 import httpx
 
-from scripts.build_tiny_models import N_COMMUNITIES, N_USERS
-from scripts.recs_data import TOPICS
+from offline.interactions import TOPICS
+from offline.tiny_models import N_COMMUNITIES, N_USERS
+from tests.integration.conftest import replica_reports, wait_serving_version
+
+APP = "content-studio"
 
 
 def test_new_content_is_similar_and_recommended_before_any_interaction(client: httpx.Client) -> None:
     community = 0
-    topic = " ".join(TOPICS[community][:7])  # what the seed items of community 0 are about
+    topic = " ".join(TOPICS[community])  # what the seed items of community 0 are about
     record = client.post("/v1/content", json={"topic": topic}).json()
     assert record["status"] == "complete", record
     content_id = record["id"]
 
-    similar = client.get(f"/v1/items/{content_id}/similar", params={"k": 50})
+    # Other contents may rank nearer still (their bodies share the tiny random model's words, and the suite makes
+    # dozens): the claim is about the seed items, so the neighbours are read as far as the API allows and the
+    # seed items among them compared with each other, whatever else the catalogue holds.
+    similar = client.get(f"/v1/items/{content_id}/similar", params={"k": 100})
     assert similar.status_code == 200, similar.text
     neighbours = similar.json()["items"]
     assert neighbours and all(item["score"] > 0 for item in neighbours)
-    # Among its five nearest seed items, the topic's community leads. Other generated contents may rank nearer
-    # still (their bodies share the tiny random model's words; by the time this runs the suite has made dozens),
-    # so they are skipped rather than allowed to crowd the seed items out of a short list.
     seed = [i["item_id"] for i in neighbours if i["item_id"].startswith("item-")][:5]
+    assert len(seed) >= 3, neighbours
     communities = [int(item_id.split("-")[1]) % N_COMMUNITIES for item_id in seed]
     counts = {c: communities.count(c) for c in set(communities)}
     assert counts.get(community, 0) >= 2 and counts[community] == max(counts.values()), (counts, neighbours)
@@ -41,21 +45,22 @@ def test_new_content_is_similar_and_recommended_before_any_interaction(client: h
 def test_retraining_under_load_drops_no_request_and_every_answer_moves_to_the_new_version(
     client: httpx.Client, base_url: str
 ) -> None:
-    before = client.get("/v1/recommendations", params={"user_id": "user-1"}).json()["model_version"]
     client.post(
         "/v1/interactions/batch",
         json={"events": [{"user_id": f"learner-{n}", "item_id": "item-2", "event": "like"} for n in range(10)]},
     ).raise_for_status()
+    versions_before = {info["model_version"] for info in replica_reports(APP, "recommend").values()}
 
     statuses: list[int] = []
     stop = threading.Event()
 
-    def load() -> None:
+    def load() -> None:  # a steady reader, as users are: one request at a time, a short pause between
         with httpx.Client(base_url=base_url, timeout=60) as own:
             n = 0
             while not stop.is_set():
                 n += 1
                 statuses.append(own.get("/v1/recommendations", params={"user_id": f"user-{n % 60}"}).status_code)
+                time.sleep(0.05)
 
     workers = [threading.Thread(target=load) for _ in range(3)]
     for worker in workers:
@@ -64,18 +69,12 @@ def test_retraining_under_load_drops_no_request_and_every_answer_moves_to_the_ne
         report = client.post("/v1/recommend/retrain")
         assert report.status_code == 200, report.text
         version = report.json()["version"]
-        assert version != before and report.json()["events"] >= 10
-        end = time.monotonic() + 60
-        while time.monotonic() < end:  # every replica swaps within its refresh_s
-            answer = client.get("/v1/recommendations", params={"user_id": "user-1"}).json()
-            if answer["model_version"] == version:
-                break
-            time.sleep(0.5)
+        assert version not in versions_before and report.json()["events"] >= 10
+        wait_serving_version(version)  # every replica swaps within its refresh_s
+        answer = client.get("/v1/recommendations", params={"user_id": "user-1"}).json()
         assert answer["model_version"] == version
     finally:
         stop.set()
         for worker in workers:
             worker.join()
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {sorted(set(statuses))}"
-    health = client.get("/v1/health").json()
-    assert health["services"]["recommend"]["model_version"] == version

@@ -14,46 +14,25 @@ from pathlib import Path
 
 import httpx
 
-from scripts.serve_configs import ROOT, app_of, deployments_of, load, tiny_variant
-from tests.integration.conftest import extra_app
+from app.deploy import ROOT, app_of, deployments_of, load, only, tiny_variant
+from tests.integration.conftest import extra_app, replica_reports, running_replicas, with_app
 
 MODELS = ("text", "image", "voice", "recommend")
 
 
-def with_app(deployed_app: dict, app: dict) -> dict:
-    """The session's config plus ``app``, which runs with the session's environment (models, data folder)."""
-    config = copy.deepcopy(deployed_app["config"])
-    app = copy.deepcopy(app)
-    app["runtime_env"] = copy.deepcopy(app_of(config)["runtime_env"])
-    config["applications"].append(app)
-    return config
-
-
-def replicas_of(app: str, deployment: str, expected: int, tries: int = 200) -> dict[str, dict]:
-    """Every replica's own report (``describe``), found by calling through a handle until all have answered."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle(deployment, app)
-    seen: dict[str, dict] = {}
-    for _ in range(tries):
-        info = handle.describe.remote().result(timeout_s=30)
-        seen[info["replica"]] = info
-        if len(seen) >= expected:
-            break
-    assert len(seen) == expected, f"{app}/{deployment}: saw {len(seen)} of {expected} replicas"
+def replicas_of(app: str, deployment: str, expected: int) -> dict[str, dict]:
+    """Every replica's own report (``describe``); there must be ``expected`` replicas."""
+    seen = replica_reports(app, deployment)
+    assert len(seen) == expected, f"{app}/{deployment}: {len(seen)} replicas, {expected} expected"
     return seen
 
 
-def running_replicas(app: str) -> dict[str, int]:
-    from ray import serve
-
-    status = serve.status().applications[app]
-    return {name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()}
-
-
-def test_cluster_profile_puts_every_model_replica_on_its_gpus(deployed_app: dict, redeploy) -> None:
-    cluster_app = tiny_variant(load(ROOT / "configs" / "cluster.yaml"), name="gpu", route_prefix="/gpu")
-    redeploy(with_app(deployed_app, cluster_app), app="gpu", healthy=(*MODELS, "pipeline", "ingress"))
+def test_cluster_profile_puts_every_model_replica_on_its_gpus(
+    client: httpx.Client, deployed_app: dict, redeploy
+) -> None:
+    # The four model services with the cluster profile's placement; the pipeline places nothing on GPUs.
+    cluster_app = only(tiny_variant(load(ROOT / "configs" / "cluster.yaml"), name="gpu", route_prefix="/gpu"), MODELS)
+    redeploy(with_app(deployed_app, cluster_app), app="gpu", healthy=(*MODELS, "ingress"))
     wanted = deployments_of(cluster_app)
     workers = set(deployed_app["worker_node_ids"])
     whole_gpus: dict[str, set[str]] = {}  # node -> GPU ids held by whole-GPU replicas
@@ -76,23 +55,17 @@ def test_cluster_profile_puts_every_model_replica_on_its_gpus(deployed_app: dict
             assert len(nodes) == len(set(nodes)), f"{name} replicas share a node: {nodes}"
     text_nodes = {info["node_id"] for info in replicas_of("gpu", "text", 2).values()}
     assert text_nodes == workers  # two text replicas, one per GPU node
-
-
-def test_health_reports_gpu_ids_and_device(client: httpx.Client, deployed_app: dict, redeploy) -> None:
-    one_gpu = tiny_variant(load(ROOT / "configs" / "one-gpu.yaml"), name="onegpu", route_prefix="/onegpu")
-    redeploy(with_app(deployed_app, one_gpu), app="onegpu", healthy=(*MODELS, "pipeline", "ingress"))
-    services = client.get("/onegpu/v1/health").json()["services"]
-    gpus = {name: d["ray_actor_options"].get("num_gpus", 0) for name, d in deployments_of(one_gpu).items()}
+    # What users see: /v1/health reports each service's GPU ids and device (whole GPUs and a fractional share).
+    services = client.get("/gpu/v1/health").json()["services"]
     for name in MODELS:
-        assert len(services[name]["gpu_ids"]) == math.ceil(gpus[name]), name
-        assert services[name]["device"] == "cpu"
-    # fractional shares of one GPU: the three models may share one GPU id
-    assert services["text"]["gpu_ids"] and services["image"]["gpu_ids"] and services["voice"]["gpu_ids"]
+        gpus = wanted[name]["ray_actor_options"].get("num_gpus", 0)
+        assert len(services[name]["gpu_ids"]) == math.ceil(gpus) and services[name]["device"] == "cpu", name
 
 
 def autoscaling_app(deployed_app: dict) -> dict:
-    """The local profile with a fast autoscaling policy on `text` and slow text requests (2 s each)."""
-    app = extra_app(deployed_app["config"], "scaling")
+    """Text and recommend (a service beside it that must not move) with a fast autoscaling policy on `text` and
+    slow text requests (2 s each)."""
+    app = extra_app(deployed_app["config"], "scaling", services=("text", "recommend"))
     text = deployments_of(app)["text"]
     text["max_ongoing_requests"] = 2
     text["autoscaling_config"] = {
@@ -127,7 +100,7 @@ async def _load(url: str, seconds: float, concurrency: int, until: asyncio.Event
 
 def test_autoscaling_scales_the_loaded_deployment_only(deployed_app: dict, redeploy) -> None:
     app = autoscaling_app(deployed_app)
-    redeploy(with_app(deployed_app, app), app="scaling", healthy=(*MODELS, "pipeline", "ingress"))
+    redeploy(with_app(deployed_app, app), app="scaling", healthy=("text", "recommend", "ingress"))
     assert running_replicas("scaling")["text"] == 1
     before = running_replicas("scaling")
 
@@ -154,7 +127,7 @@ def test_autoscaling_scales_the_loaded_deployment_only(deployed_app: dict, redep
     statuses = asyncio.run(load_and_watch())
     assert statuses and set(statuses) == {200}
     assert peak["text"] >= 2, peak
-    for name in ("image", "voice", "recommend", "pipeline", "ingress"):
+    for name in ("recommend", "ingress"):
         assert peak[name] == before[name], f"{name} was scaled by text's load: {peak}"
 
     deadline = time.monotonic() + 90

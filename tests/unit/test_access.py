@@ -15,7 +15,7 @@ import pytest
 import yaml
 from fastapi import FastAPI, Request
 
-from graphs.access import (
+from edge.access import (
     API_KEYS_ENV,
     AccessConfig,
     AccessMiddleware,
@@ -25,9 +25,9 @@ from graphs.access import (
     NoKeys,
     hash_key,
 )
-from graphs.http import current_principal
-from graphs.ingress import IngressConfig
-from graphs.limits import RateLimiter
+from edge.dependencies import current_principal
+from edge.ingress import IngressConfig
+from edge.rate_limits import RateLimiter
 from tests.conftest import REDIS_URL, redis_reachable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,8 +234,8 @@ def test_over_the_request_limit_is_429_with_retry_after_and_probes_are_not_limit
 
 def test_quotas_count_what_was_generated() -> None:
     limiter = RateLimiter(LimitsConfig(user={"tokens_per_minute": 100, "images_per_minute": 2}))
-    from graphs.access import Principal
-    from graphs.errors import ServiceError
+    from deployments.errors import ServiceError
+    from edge.access import Principal
 
     ann = Principal("ann", "user", "ann")
 
@@ -248,7 +248,7 @@ def test_quotas_count_what_was_generated() -> None:
         try:
             await limiter.admit(ann)
         except ServiceError as exc:
-            outcomes.append(f"{exc.status_code} {exc.message}")
+            outcomes.append(f"{exc.status} {exc.message}")
         return outcomes
 
     [refusal] = asyncio.run(scenario())
@@ -258,8 +258,8 @@ def test_quotas_count_what_was_generated() -> None:
 
 @pytest.mark.skipif(bool(redis_reachable()), reason=f"needs Redis at {REDIS_URL}")
 def test_limits_are_shared_through_redis_by_every_ingress_replica() -> None:
-    from graphs.access import Principal
-    from graphs.errors import ServiceError
+    from deployments.errors import ServiceError
+    from edge.access import Principal
 
     config = LimitsConfig(user={"requests_per_minute": 4}, redis_url=REDIS_URL)
     replicas = [RateLimiter(config), RateLimiter(config)]  # two ingress replicas, one counter
@@ -272,7 +272,7 @@ def test_limits_are_shared_through_redis_by_every_ingress_replica() -> None:
                 await replicas[n % 2].admit(key)
                 codes.append(200)
             except ServiceError as exc:
-                codes.append(exc.status_code)
+                codes.append(exc.status)
         return codes
 
     assert asyncio.run(scenario()) == [200, 200, 200, 200, 429, 429]
@@ -281,7 +281,7 @@ def test_limits_are_shared_through_redis_by_every_ingress_replica() -> None:
 
 def test_without_redis_each_replica_counts_alone_and_says_so() -> None:
     limiter = RateLimiter(LimitsConfig(user={"requests_per_minute": 1}, redis_url="redis://127.0.0.1:1/0"))
-    from graphs.access import Principal
+    from edge.access import Principal
 
     asyncio.run(limiter.admit(Principal("ann", "user", "ann")))  # Redis unreachable: counted here
     described = limiter.describe()
@@ -289,30 +289,26 @@ def test_without_redis_each_replica_counts_alone_and_says_so() -> None:
 
 
 def test_an_ingress_is_closed_until_its_config_arrives_and_refuses_to_start_without_keys() -> None:
-    from graphs.ingress import Ingress
-    from graphs.limits import EdgeAdmission
+    from edge.ingress import Ingress
 
-    cls = Ingress.func_or_class
-    ingress = cls.__new__(cls)  # what Serve builds, before it passes the user_config
-    ingress.handles = {name: None for name in ("text", "image", "voice", "recommend", "pipeline")}
-    ingress.admission = EdgeAdmission(None, tuple(ingress.handles), 5)
-    cls.reconfigure(ingress, {})  # the constructor's call: no config yet
+    # What Serve builds, before it passes the user_config: the constructor gets no config.
+    ingress = Ingress({name: None for name in ("text", "image", "voice", "recommend", "pipeline")})
     assert not ingress.access.anonymous and ingress.access.authenticate("Bearer anything") is None
-    cls.reconfigure(ingress, {"access": {"anonymous": True}})  # the local profile
+    ingress.reconfigure({"access": {"anonymous": True}})  # the local profile
     assert ingress.access.anonymous
     with pytest.raises(NoKeys):  # a config without keys: the replica does not start
-        cls.reconfigure(ingress, {"health_timeout_s": 5})
+        ingress.reconfigure({"health_timeout_s": 5})
 
 
 def test_the_edge_reads_capacities_from_the_first_health_check_not_the_first_request() -> None:
     """Serve health-checks a replica before it takes traffic: the capacity reader starts there, so the first
     burst after a start is already capped."""
-    from graphs.ingress import Ingress
-    from graphs.limits import EdgeAdmission
+    from edge.deployment import IngressDeployment
+    from edge.ingress import Ingress
 
-    cls = Ingress.func_or_class
-    ingress = cls.__new__(cls)
-    ingress.admission = EdgeAdmission("app", ("text",), 5)
+    cls = IngressDeployment.func_or_class
+    ingress = cls.__new__(cls)  # the replica's class, without Serve's ASGI wrapper around it
+    Ingress.__init__(ingress, {"text": None}, app_name="app")
     reads: list[str] = []
 
     async def details() -> dict:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.deploy import app_of, gpus_requested, load
 from cluster.render_rayservice import OUT, render
-from scripts.serve_configs import app_of, gpus_requested, load
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT.parent / "shared" / "kuberay"
@@ -129,6 +129,23 @@ def test_one_ray_version_everywhere() -> None:
     images += [g["template"]["spec"]["containers"][0]["image"] for g in cluster["workerGroupSpecs"]]
     images.append(LAUNCHER["docker"]["image"])
     assert {image.rsplit("-ray", 1)[1] for image in images} == {version}
+
+
+def test_the_image_holds_every_layer_the_app_imports_and_the_migrations() -> None:
+    from scripts.import_graph import imports, package
+
+    dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY --chown=\S+ (\S+) \1$", dockerfile, re.M))
+    graph = imports()
+    reached, frontier = set(), ["app.builder"]
+    while frontier:  # every module Serve's import path reaches
+        module = frontier.pop()
+        if module not in reached:
+            reached.add(module)
+            frontier += graph[module]
+    needed = {package(m) for m in reached}
+    assert needed | {"migrations"} <= copied, sorted(needed | {"migrations"} - copied)
+    assert "pip install --no-cache-dir -e" in dockerfile  # in place: the stores find migrations/ beside the code
 
 
 def test_head_has_no_gpus_and_autoscaling_is_on() -> None:

@@ -9,15 +9,15 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
+from app.builder import AppArgs, build_app
 from deployments.common import resolve_model_source
 from deployments.image import ImageConfig
 from deployments.recommend import RecommendConfig
 from deployments.text import TextConfig
 from deployments.voice import VoiceConfig
-from graphs.app import AppArgs, build_app
-from graphs.experiments import validate_experiments
-from graphs.ingress import IngressConfig
-from graphs.pipeline import PipelineConfig
+from edge.experiments import validate_experiments
+from edge.ingress import IngressConfig
+from graphs.config import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted([ROOT / "serve_config.yaml", *(ROOT / "configs").glob("*.yaml")])
@@ -34,7 +34,7 @@ SERVICE_CONFIGS = {
 def assert_valid_serve_config(config: dict, name: str) -> None:
     schema = ServeDeploySchema.model_validate(config)
     for app in schema.applications:
-        assert app.import_path == "graphs.app:build_app"
+        assert app.import_path == "app.builder:build_app"
         args = AppArgs.model_validate(app.args)
         kind = {name: service for service, names in args.variants.items() for name in names}
         names = {d.name for d in app.deployments}
@@ -91,3 +91,10 @@ def test_model_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_model_source("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     with pytest.raises(FileNotFoundError, match="build_tiny_models"):
         resolve_model_source("./models/missing")
+
+
+def test_the_command_line_shows_the_pipelines_stages() -> None:
+    from cli.main import STAGES as SHOWN
+    from graphs.schemas import STAGES
+
+    assert tuple(STAGES) == SHOWN

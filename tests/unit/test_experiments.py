@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from graphs.experiments import (
+from edge.experiments import (
     Assignment,
     ExperimentConfig,
     ExperimentRouter,
@@ -105,7 +105,7 @@ def test_the_report_counts_requests_errors_latency_and_engagement() -> None:
     stats = ExperimentStats()
     control = Assignment("text-v2", "control", "text", "hash")
     for ms in range(1, 101):
-        stats.record(control, ms / 1000, ok=ms != 100)
+        stats.record(control.experiment, control.variant, ms / 1000, ok=ms != 100)
     engagement = {"text-v2": {"control": {"contents": 3, "interactions": 7}}}
     [result] = report(config, stats.snapshot(), engagement, stats.since).experiments
     c, k = result.variants["control"], result.variants["candidate"]

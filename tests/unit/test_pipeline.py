@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from deployments.errors import ServiceError
 from deployments.image import ImageDeployment
 from deployments.recommend import RecommendDeployment
 from deployments.text import TextDeployment
 from deployments.voice import VoiceDeployment
-from graphs.errors import ServiceError
 from graphs.pipeline import ContentPipeline, ContentRequest
 from tests.fakes.handles import FakeHandle
 
@@ -40,8 +40,15 @@ def make_pipeline(replicas, tmp_path, faults: dict | None = None, **config) -> C
     for name, replica in replicas.items():
         wanted = (faults or {}).get(name, {})
         asyncio.run(replica.reconfigure({**replica.model.config.model_dump(), "faults": wanted}))
-    config = {"catalog_url": f"sqlite:///{tmp_path}/content.db", "asset_url": str(tmp_path / "assets"), **config}
-    return ContentPipeline(**{name: FakeHandle(replica) for name, replica in replicas.items()}, config=config)
+    return ContentPipeline(handles(replicas), config=store_config(tmp_path, **config))
+
+
+def handles(replicas) -> dict[str, FakeHandle]:
+    return {name: FakeHandle(replica) for name, replica in replicas.items()}
+
+
+def store_config(tmp_path, **config) -> dict:
+    return {"catalog_url": f"sqlite:///{tmp_path}/content.db", "asset_url": str(tmp_path / "assets"), **config}
 
 
 def run(coro):
@@ -99,7 +106,7 @@ def test_without_an_article_the_request_fails_and_nothing_is_stored(replicas, tm
         run(pipeline.create(ContentRequest(topic="anything")))
     assert err.value.record.status == "failed"
     assert "InjectedFault" in err.value.record.errors["article"]
-    assert err.value.status_code == 500
+    assert err.value.status == 500
     assert pipeline.page(10, 0).total == 0
 
 
@@ -145,7 +152,7 @@ def test_an_idempotency_key_stands_for_one_content(replicas, tmp_path) -> None:
     assert again == first and pipeline.page(10, 0).total == 1
     with pytest.raises(ServiceError) as mismatch:  # the same key for another request
         run(pipeline.create(ContentRequest(topic="tides", user_id="user-7"), key="k-1"))
-    assert mismatch.value.status_code == 400 and mismatch.value.field == "Idempotency-Key"
+    assert mismatch.value.status == 400 and mismatch.value.param == "Idempotency-Key"
 
 
 def test_a_key_in_the_making_is_busy_until_its_replica_is_known_dead(replicas, tmp_path) -> None:
@@ -157,7 +164,7 @@ def test_a_key_in_the_making_is_busy_until_its_replica_is_known_dead(replicas, t
     assert state == "new"
     with pytest.raises(ServiceError) as busy:
         run(pipeline.create(request, key="k-2"))
-    assert busy.value.status_code == 409 and busy.value.headers["Retry-After"]
+    assert busy.value.status == 409 and busy.value.headers()["Retry-After"]
     resent = run(pipeline.create(request, key="k-2", takeover=True))  # the ingress resends: same content id
     assert resent.id == content_id and resent.status == "complete"
     assert run(pipeline.create(request, key="k-2")) == resent and pipeline.page(10, 0).total == 1
@@ -170,3 +177,19 @@ def test_a_failed_attempt_gives_its_key_back(replicas, tmp_path) -> None:
         run(pipeline.create(request, key="k-3"))
     pipeline = make_pipeline(replicas, tmp_path)
     assert run(pipeline.create(request, key="k-3")).status == "complete"  # the client tries again with it
+
+
+def test_a_replica_shutting_down_stops_its_outbox_relay(replicas, tmp_path) -> None:
+    """Serve calls a replica's ``__del__`` when it stops it (a scale-down, an update): the relay stops with it."""
+    from graphs.deployment import PipelineDeployment
+
+    async def scenario() -> tuple[bool, asyncio.Task]:
+        replica = PipelineDeployment.func_or_class(handles(replicas), config=store_config(tmp_path))
+        await replica.check_health()  # Serve's probe starts the relay
+        running, task = replica.relay.running, replica.relay._task
+        replica.__del__()
+        await asyncio.sleep(0)  # the cancellation lands at the task's next step
+        return running, task
+
+    running, task = run(scenario())
+    assert running and task.cancelled()

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from deployments.text import Choice, TextResult
 from deployments.text.schemas import TokenLogprob, TopLogprob
-from graphs.http import validation_error_response
-from graphs.openai.protocol import (
+from edge.app import validation_error_response
+from edge.openai.protocol import (
     IGNORED_FIELDS,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -122,14 +122,14 @@ def test_chat_converts_roles_parts_tools_and_formats() -> None:
 
 
 def test_images_in_chat_are_a_400_for_a_text_model() -> None:
-    from graphs.errors import ServiceError
+    from deployments.errors import ServiceError
 
     request = ChatCompletionRequest(
         messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
     )
     with pytest.raises(ServiceError) as err:
         request.to_service()
-    assert err.value.status_code == 400 and err.value.field == "messages.0.content"
+    assert err.value.status == 400 and err.value.param == "messages.0.content"
 
 
 def test_the_deprecated_functions_become_tools() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from deployments.common import RequestError
+from deployments.errors import ServiceError
 from deployments.recommend import InteractionIn, RecommendConfig, Recommender, RecommendRequest, SimilarRequest
-from scripts.build_tiny_models import N_COMMUNITIES
+from offline.tiny_models import N_COMMUNITIES
 
 
 def community(item_id: str) -> int:
@@ -79,9 +79,9 @@ def test_similar_items_exclude_the_item_and_share_its_community(recommender: Rec
     ],
 )
 def test_bad_requests_name_the_field(recommender: Recommender, call, field, status) -> None:
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(ServiceError) as err:
         call(recommender)
-    assert (err.value.field, err.value.status_code) == (field, status)
+    assert (err.value.param, err.value.status) == (field, status)
 
 
 def test_unknown_item_leaves_the_store_untouched(recommender: Recommender) -> None:
@@ -89,7 +89,7 @@ def test_unknown_item_leaves_the_store_untouched(recommender: Recommender) -> No
         InteractionIn(user_id="u", item_id="item-1", event="view"),
         InteractionIn(user_id="u", item_id="missing", event="view"),
     ]
-    with pytest.raises(RequestError):
+    with pytest.raises(ServiceError):
         recommender.record(batch)
     assert recommender.store.user_events("u") == []
 

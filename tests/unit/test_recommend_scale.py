@@ -16,7 +16,7 @@ from deployments.recommend import (
 )
 from deployments.recommend.space import ItemSpace, SpaceSettings
 from deployments.recommend.vectors import ContentEncoder
-from scripts.recs_data import TOPICS
+from offline.interactions import TOPICS
 from tests.unit.test_recommend_training import ids, make_config
 
 
@@ -160,7 +160,7 @@ def test_a_replica_opens_a_new_version_space_before_it_serves_that_version(tiny_
 def test_a_replica_starts_on_its_saved_space_while_the_database_is_down(tiny_models, tmp_path, monkeypatch) -> None:
     """Opening the space at start must not make a database outage a start failure (Serve would keep replacing
     the replica): the saved space opens from its files; new items are followed once the database is back."""
-    from deployments.sql import StoreUnavailable
+    from deployments.errors import Unavailable
 
     config = make_config(tiny_models, tmp_path).model_copy(update={"retrieval": "approximate"})
     trainer = Recommender(config)
@@ -169,7 +169,7 @@ def test_a_replica_starts_on_its_saved_space_while_the_database_is_down(tiny_mod
     replica = Recommender(config)
 
     def down() -> float:
-        raise StoreUnavailable("the database is unavailable: test", 1)
+        raise Unavailable("the database is unavailable: test", retry_after_s=1)
 
     monkeypatch.setattr(replica.store, "newest_item_time", down)
     replica.warm()  # does not raise

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deployments.errors import Conflict
 from deployments.recommend import (
     InteractionIn,
     ItemIn,
@@ -15,10 +16,9 @@ from deployments.recommend import (
     Recommender,
     RecommendRequest,
     SimilarRequest,
-    TrainingBusy,
 )
-from scripts.build_tiny_models import N_COMMUNITIES
-from scripts.recs_data import TOPICS
+from offline.interactions import TOPICS
+from offline.tiny_models import N_COMMUNITIES
 
 
 def make_config(tiny_models: Path, tmp_path: Path, **training) -> RecommendConfig:
@@ -86,9 +86,9 @@ def test_a_new_version_reaches_every_replica_and_survives_a_restart(config: Reco
 def test_only_one_replica_trains_at_a_time(config: RecommendConfig) -> None:
     first, second = Recommender(config), Recommender(config)
     assert first.store.try_lease("train", first.holder, 60)
-    with pytest.raises(TrainingBusy) as err:
+    with pytest.raises(Conflict) as err:
         second.retrain()
-    assert (err.value.field, err.value.status_code) == ("retrain", 409)
+    assert (err.value.param, err.value.status) == ("retrain", 409)
     first.store.release_lease("train", first.holder)
     assert second.retrain().version
 
@@ -169,7 +169,7 @@ def test_a_fresh_install_without_a_seed_serves_fresh_and_popular_then_learns(tmp
     )
     recommender = Recommender(config)
     assert recommender.recommend(RecommendRequest(user_id="anyone", k=5)).items == []
-    with pytest.raises(TrainingBusy, match="nothing to train"):
+    with pytest.raises(Conflict, match="nothing to train"):
         recommender.retrain()
     recommender.add_items([ItemIn(item_id=f"post-{n}", title=f"Post {n}", text="harbour tides") for n in range(8)])
     cold = recommender.recommend(RecommendRequest(user_id="anyone", k=5)).items

@@ -8,7 +8,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from deployments.common import RequestError
+from deployments.errors import ServiceError
 from deployments.text import (
     ChoiceDelta,
     StreamStart,
@@ -110,10 +110,10 @@ def test_chat_goes_through_the_tokenizers_template(service: TextService) -> None
     ],
 )
 def test_requests_the_model_cannot_serve_name_the_field(service, request_fields, field, status) -> None:
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(ServiceError) as err:
         service.prepare(TextRequest(**request_fields))
-    assert err.value.field == field
-    assert err.value.status_code == status
+    assert err.value.param == field
+    assert err.value.status == status
 
 
 @pytest.mark.parametrize(
@@ -364,12 +364,12 @@ def test_a_named_tool_gets_arguments_under_its_schema(service: TextService) -> N
 
 def test_tool_choice_auto_without_a_tool_template_is_refused(service: TextService) -> None:
     tool = {"name": "noop", "parameters": {"type": "object"}}
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(ServiceError) as err:
         service.prepare(TextRequest(messages=[{"role": "user", "content": "x"}], tools=[tool]))
-    assert err.value.field == "tool_choice"
-    with pytest.raises(RequestError) as err:
+    assert err.value.param == "tool_choice"
+    with pytest.raises(ServiceError) as err:
         service.prepare(TextRequest(messages=[{"role": "user", "content": "x"}], tools=[tool], tool_choice="other"))
-    assert err.value.field == "tool_choice"
+    assert err.value.param == "tool_choice"
 
 
 def test_articles_are_json_with_a_title_and_a_body(service: TextService) -> None:
@@ -396,9 +396,9 @@ def test_tokenize_and_detokenize_round_trip(service: TextService) -> None:
     tokens = service.tokenize(TextRequest(prompt="The quiet harbour"), return_token_strs=True)
     assert tokens.count == len(tokens.tokens) and "".join(tokens.token_strs) == "The quiet harbour"
     assert service.detokenize(tokens.tokens) == "The quiet harbour"
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(ServiceError) as err:
         service.detokenize([10**6])
-    assert err.value.field == "tokens"
+    assert err.value.param == "tokens"
 
 
 def test_health_checks_run_through_the_engine(service: TextService) -> None:

@@ -9,12 +9,13 @@ import time
 import pytest
 import torch
 
+from deployments.errors import Unavailable
 from deployments.text import TextConfig, TextRequest, TextService
+from deployments.text.admission import Admission
 from deployments.text.config import EngineConfig
-from deployments.text.engine import EngineOverloaded, EngineRequest, SamplingParams
+from deployments.text.engine import EngineRequest, SamplingParams
 from deployments.text.sampling import RowState, TokenTables, sample_step
 from deployments.text.tokens import IncrementalDetokenizer, StopStrings
-from deployments.text.transformers_engine import Admission
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,9 @@ def test_a_request_admitted_while_a_long_one_runs_finishes_first(service: TextSe
         long = asyncio.ensure_future(
             timed("long", TextRequest(prompt="A long story", max_tokens=200, min_tokens=200, temperature=0))
         )
+        deadline = time.monotonic() + 60
         while service.engine.describe()["running"] == 0:  # the long one is in the batch
+            assert time.monotonic() < deadline, "the long request never started"
             await asyncio.sleep(0.005)
         steps = service.engine.describe()["steps"]
         await timed("short", TextRequest(prompt="Hi", max_tokens=4, min_tokens=4, temperature=0))
@@ -140,7 +143,7 @@ def test_a_full_engine_queues_then_refuses(tiny_models) -> None:
             await asyncio.sleep(0.05)
             second = asyncio.ensure_future(svc.generate(svc.prepare(request)))  # waits for the first
             await asyncio.sleep(0.05)
-            with pytest.raises(EngineOverloaded) as err:
+            with pytest.raises(Unavailable) as err:
                 await svc.generate(svc.prepare(request))
             return await asyncio.gather(first, second), err.value.retry_after_s
 
@@ -165,7 +168,7 @@ def test_admission_counts_tokens_and_hands_places_on_in_order() -> None:
         b = asyncio.ensure_future(waiter("b", 10))  # fits, but waits behind a (first come, first served)
         await asyncio.sleep(0.01)
         assert admission.waiting == 2 and order == []
-        with pytest.raises(EngineOverloaded):
+        with pytest.raises(Unavailable):
             await admission.acquire(1)
         admission.release(60)
         await asyncio.gather(a, b)
@@ -185,7 +188,7 @@ def test_the_sequences_of_one_request_wait_as_one_request() -> None:
         waiting = [asyncio.ensure_future(admission.acquire(10, "big")) for _ in range(6)]
         await asyncio.sleep(0.01)
         assert admission.waiting == 1  # six sequences, one request
-        with pytest.raises(EngineOverloaded):
+        with pytest.raises(Unavailable):
             await admission.acquire(10, "other")
         waiting[-1].cancel()  # one sequence gives up: its request still waits with the rest
         await asyncio.sleep(0.01)

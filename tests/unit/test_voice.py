@@ -7,7 +7,7 @@ import io
 import pytest
 import soundfile as sf
 
-from deployments.common import RequestError
+from deployments.errors import ServiceError
 from deployments.voice import VoiceConfig, VoiceRequest, VoiceSynthesizer, split_sentences
 
 
@@ -73,9 +73,9 @@ def test_flac_and_raw_pcm(synth: VoiceSynthesizer) -> None:
     ],
 )
 def test_bad_requests_name_the_field(synth: VoiceSynthesizer, fields, field) -> None:
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(ServiceError) as err:
         synth.synthesize(VoiceRequest(**fields))
-    assert err.value.field == field
+    assert err.value.param == field
 
 
 def test_alias_to_a_missing_speaker_is_a_config_error(synth: VoiceSynthesizer) -> None:

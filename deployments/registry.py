@@ -1,0 +1,52 @@
+"""The model services of the application, by name: the one place that spells them.
+
+The builder deploys what this lists, the edge routes to it, health reports it, experiments split its traffic
+(``variants``: services whose requests name a model, so an A/B candidate can serve them). A new model service
+joins by adding its package under ``deployments/`` and one entry here. Classes are named by import path, so
+reading the registry imports no model library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    deployment: str  # "module:Class" of the Serve deployment
+    config: str  # "module:Class" of its user_config
+    variants: bool  # can run A/B variants (extra deployments of the same code with another model)
+
+    def deployment_class(self) -> Any:
+        return _load(self.deployment)
+
+    def config_class(self) -> Any:
+        return _load(self.config)
+
+
+def _load(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    spec.name: spec
+    for spec in (
+        ServiceSpec("text", "deployments.text:TextDeployment", "deployments.text:TextConfig", variants=True),
+        ServiceSpec("image", "deployments.image:ImageDeployment", "deployments.image:ImageConfig", variants=True),
+        ServiceSpec("voice", "deployments.voice:VoiceDeployment", "deployments.voice:VoiceConfig", variants=True),
+        ServiceSpec(
+            "recommend",
+            "deployments.recommend:RecommendDeployment",
+            "deployments.recommend:RecommendConfig",
+            variants=False,
+        ),
+    )
+}
+MODEL_SERVICES: tuple[str, ...] = tuple(SERVICES)
+VARIANT_SERVICES: tuple[str, ...] = tuple(name for name, spec in SERVICES.items() if spec.variants)
+PIPELINE = "pipeline"  # the content pipeline's deployment (graphs/)
+INGRESS = "ingress"  # the HTTP edge's deployment (edge/)

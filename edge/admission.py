@@ -1,0 +1,91 @@
+"""Load shed at the edge, at once: the ingress admits to a service only what the service can hold.
+
+A service holds its running replicas x (``max_ongoing_requests`` + ``max_queued_requests``), read from the Serve
+controller and shared out among the ingress replicas; the rest is refused with 503 + ``Retry-After`` at once,
+instead of letting a burst wait in queues to be refused seconds later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from deployments.errors import Unavailable
+from deployments.registry import INGRESS
+
+
+class EdgeAdmission:
+    """In-flight calls per service, capped at what the service can hold (see the module docstring)."""
+
+    def __init__(self, app: str | None, deployments: tuple[str, ...], config: Any) -> None:
+        self.app, self.deployments = app, deployments
+        self.config = config  # the ingress's: retry_after_s, capacity_refresh_s
+        self.capacity: dict[str, int | None] = {}
+        self.inflight: dict[str, int] = defaultdict(int)
+        self._task: asyncio.Task[None] | None = None
+        self.error: str | None = "not read from the Serve controller yet"
+
+    def start(self) -> None:
+        if self.app and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                self.capacity = self.read(await self._details())
+                self.error = None
+            except Exception as exc:  # no cap is better than refusing everything
+                self.error = f"{type(exc).__name__}: {exc}"[:200]
+            await asyncio.sleep(self.config.capacity_refresh_s)
+
+    @staticmethod
+    async def _details() -> dict[str, Any]:
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return await controller.get_serve_instance_details.remote()
+
+    def read(self, details: dict[str, Any]) -> dict[str, int | None]:
+        """Each deployment's share of capacity for this ingress replica, from the controller's view of the app:
+        running replicas x (max_ongoing_requests + max_queued_requests), split among the ingress replicas. None:
+        no cap (an unbounded queue, or no replica running: then Serve queues until one is, within timeouts)."""
+        deployments = details["applications"][self.app]["deployments"]
+
+        def running(name: str) -> int:
+            return sum(r["state"] == "RUNNING" for r in deployments.get(name, {}).get("replicas", []))
+
+        ingresses = max(1, running(INGRESS))
+        out: dict[str, int | None] = {}
+        for name in self.deployments:
+            config = deployments.get(name, {}).get("deployment_config", {})
+            queued = config.get("max_queued_requests", -1)
+            replicas = running(name)
+            if queued is None or queued < 0 or replicas == 0:
+                out[name] = None
+                continue
+            total = replicas * (config.get("max_ongoing_requests", 5) + queued)
+            out[name] = max(1, math.ceil(total / ingresses))
+        return out
+
+    @contextlib.contextmanager
+    def enter(self, deployment: str) -> Iterator[None]:
+        """Hold a place for one call to ``deployment``, or refuse it at once (503 + Retry-After) when full."""
+        capacity = self.capacity.get(deployment)
+        if capacity is not None and self.inflight[deployment] >= capacity:
+            raise Unavailable(
+                f"{deployment} is at capacity ({capacity} requests in flight through this ingress): retry later",
+                retry_after_s=self.config.retry_after_s,
+            )
+        self.inflight[deployment] += 1
+        try:
+            yield
+        finally:
+            self.inflight[deployment] -= 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"capacity": dict(self.capacity), "inflight": dict(self.inflight), "error": self.error}

@@ -1,0 +1,64 @@
+"""Configuration of the content pipeline deployment (its ``user_config``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from deployments.common import StrictModel
+from deployments.sql import DatabaseConfig
+
+
+class StageTimeouts(StrictModel):
+    """Seconds each stage may take; image and audio count from the moment the article exists."""
+
+    article: float = Field(120.0, gt=0, le=3600)
+    image: float = Field(120.0, gt=0, le=3600)
+    audio: float = Field(120.0, gt=0, le=3600)
+    recommendations: float = Field(10.0, gt=0, le=3600)
+
+
+class RelayConfig(StrictModel):
+    """How each pipeline replica delivers what the catalog owes other services (the outbox)."""
+
+    interval_s: float = Field(1.0, gt=0, le=600, description="How often the relay looks for entries due.")
+    batch: int = Field(50, ge=1, le=1000, description="Entries delivered in one call.")
+    retry_s: float = Field(1.0, gt=0, le=3600, description="Wait before the first retry; doubles after each failure.")
+    max_retry_s: float = Field(60.0, gt=0, le=86400, description="The longest wait between retries.")
+    claim_s: float = Field(30.0, gt=0, le=3600, description="How long an entry being delivered is left to one replica.")
+
+
+class PipelineConfig(StrictModel):
+    """Configuration of the pipeline deployment (its ``user_config``)."""
+
+    catalog_url: str = Field(
+        "sqlite:///data/content.db",
+        description="SQLAlchemy URL of the content catalog, or `env:NAME` to read it from the environment (a "
+        "secret); relative SQLite paths resolve against the project root.",
+    )
+    asset_url: str = Field(
+        "data/assets", description="fsspec URL or folder for images and audio (`s3://bucket/prefix` in a cluster)."
+    )
+    timeouts_s: StageTimeouts = Field(default_factory=StageTimeouts)
+    recommendations_k: int = Field(5, ge=1, le=100, description="Recommendations returned with each content.")
+    retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Times a stage call lost with a dying replica is sent again (within the stage's timeout; the "
+        "resend waits for a live or replacement replica).",
+    )
+    register_items: bool = Field(True, description="Make stored content an item the recommender knows.")
+    database: DatabaseConfig = Field(
+        default_factory=DatabaseConfig, description="This replica's connection pool to `catalog_url`."
+    )
+    relay: RelayConfig = Field(default_factory=RelayConfig, description="Delivery of the outbox.")
+    key_lease_s: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="How long an idempotency key stays with the attempt making its content; a retry with the key "
+        "meanwhile gets 409, unless the ingress resends it because that attempt's replica died.",
+    )
+    retry_after_s: int = Field(
+        5, ge=1, le=600, description="`Retry-After` of a 409 while another attempt makes the same key's content."
+    )
