@@ -7,7 +7,10 @@ what the services ask the model for:
 - prose paragraphs (what ``/v1/completions`` continues);
 - chat turns in the tokenizer's chat template answering with an article as JSON ``{"title", "body"}`` (what the
   content pipeline asks for under a JSON schema), so the tiny model learns to open and close its strings;
-- short chat answers (what ``/v1/chat/completions`` gets in tests and demos).
+- short chat answers (what ``/v1/chat/completions`` gets in tests and demos);
+- chat answers that are one small JSON object with short values (what structured output asks for: a client's
+  schema, a tool's arguments), so that under a grammar the tiny model closes its strings and its object by
+  itself, and ends (``finish_reason: stop``), instead of filling the budget.
 
 The text is nonsense, but it is made of real words, spaces and punctuation: a newcomer can tell a working
 pipeline from a broken one.
@@ -52,6 +55,23 @@ QUESTIONS = (
     "Describe {topic} in a few words.",
 )
 EOS = "<|endoftext|>"
+# Field names clients' schemas use (pydantic models in LangChain's and instructor's examples, tool parameters).
+TEXT_FIELDS = (
+    "name", "title", "city", "topic", "answer", "summary", "reason", "color", "place", "word", "label",
+    "category", "author", "animal", "country", "food", "mood", "language", "description", "text", "location",
+    "query", "unit", "status", "type", "value", "result", "message", "first_name", "last_name", "email",
+)  # fmt: skip
+NUMBER_FIELDS = ("age", "count", "year", "score", "rating", "number", "pages", "size", "quantity", "id", "days")
+FLAG_FIELDS = ("done", "valid", "ok", "active", "urgent", "available", "correct")
+LIST_FIELDS = ("tags", "items", "names", "keywords", "steps", "colors", "topics")
+JSON_REQUESTS = (
+    "Extract the details: {sentence}",
+    "Answer in JSON: {sentence}",
+    "{sentence}",
+    "Fill in the form about {topic}.",
+    "Give me the facts about {topic} as JSON.",
+    "Call the tool for {topic}.",
+)
 
 
 def chat(messages: list[tuple[str, str]], answer: str) -> str:
@@ -113,16 +133,46 @@ class CorpusWriter:
         question = self.pick(QUESTIONS).format(topic=topic)
         return chat([("user", question)], self.paragraph(topic, self.rng.randint(1, 2)))
 
+    def short_value(self) -> str:
+        """One to three words: what a schema's string field gets."""
+        words = (self.pick(ADJECTIVES), self.pick(NOUNS), self.pick(TOPICS))
+        return " ".join(words[: self.rng.choice((1, 1, 2, 2, 3))])
+
+    def json_object(self, depth: int = 0) -> dict[str, object]:
+        """A small object of short values, as a client's schema asks for."""
+        r = self.rng
+        fields: dict[str, object] = {}
+        for _ in range(r.randint(1, 4)):
+            kind = r.random()
+            if kind < 0.5:
+                fields[self.pick(TEXT_FIELDS)] = self.short_value()
+            elif kind < 0.7:
+                fields[self.pick(NUMBER_FIELDS)] = r.choice((r.randint(0, 9), r.randint(10, 99), r.randint(1900, 2030)))
+            elif kind < 0.8:
+                fields[self.pick(FLAG_FIELDS)] = r.random() < 0.5
+            elif kind < 0.95 or depth:
+                fields[self.pick(LIST_FIELDS)] = [self.pick(NOUNS) for _ in range(r.randint(1, 3))]
+            else:
+                fields[self.pick(TEXT_FIELDS)] = self.json_object(depth + 1)
+        return fields
+
+    def structured(self) -> str:
+        topic = self.pick(TOPICS)
+        request = self.pick(JSON_REQUESTS).format(sentence=self.sentence(topic), topic=topic)
+        return chat([("user", request)], json.dumps(self.json_object()))
+
     def document(self) -> str:
         roll = self.rng.random()
-        if roll < 0.45:
+        if roll < 0.35:
             return self.paragraph(self.pick(TOPICS)) + EOS
-        if roll < 0.8:
+        if roll < 0.65:
             return self.article()
+        if roll < 0.85:
+            return self.structured()
         return self.answer()
 
 
 def corpus(documents: int, seed: int = 0) -> list[str]:
-    """``documents`` seeded documents (prose, JSON articles in chat turns, short chat answers)."""
+    """``documents`` seeded documents (prose, JSON articles in chat turns, small JSON answers, short chat answers)."""
     writer = CorpusWriter(seed)
     return [writer.document() for _ in range(documents)]

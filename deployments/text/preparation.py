@@ -17,7 +17,14 @@ from deployments.text.articles import ARTICLE_SCHEMA, ArticleRequest
 from deployments.text.config import TextConfig
 from deployments.text.engine import SamplingParams
 from deployments.text.schemas import ChatMessage, ResponseFormat, TextRequest, Tokenized
-from deployments.text.structured import ANY_JSON_OBJECT, json_schema_grammar, tool_call_schema
+from deployments.text.structured import (
+    ANY_JSON_OBJECT,
+    choice_grammar,
+    json_schema_grammar,
+    lark_grammar,
+    regex_grammar,
+    tool_call_schema,
+)
 from deployments.text.tokens import token_bytes, token_text
 
 
@@ -168,6 +175,12 @@ class RequestPreparation:
             return json_schema_grammar(ANY_JSON_OBJECT, "response_format")
         if fmt.type == "json_schema":
             return json_schema_grammar(fmt.json_schema or ANY_JSON_OBJECT, "response_format")
+        if fmt.type == "regex":
+            return regex_grammar(fmt.regex or "", "response_format")
+        if fmt.type == "choice":
+            return choice_grammar(fmt.choices or [], "response_format")
+        if fmt.type == "grammar":
+            return lark_grammar(fmt.grammar or "", "response_format")
         return None
 
     def article_request(self, request: ArticleRequest) -> TextRequest:

@@ -49,12 +49,33 @@ class TokenTables:
     def __init__(self, vocab_size: int, eos_ids: list[int], token_bytes: list[bytes] | None = None) -> None:
         self.vocab_size = vocab_size
         self.eos_ids = [i for i in eos_ids if 0 <= i < vocab_size]
+        self.token_bytes = token_bytes or []
         closing = [
             n
-            for n, raw in enumerate(token_bytes or [])
+            for n, raw in enumerate(self.token_bytes)
             if raw and set(raw) <= CLOSING_BYTES and any(b in raw for b in b'"}]')
         ]
         self.closing_ids = torch.tensor(closing, dtype=torch.long)
+        # Closers that end a string (start with a quote), and those that end objects and arrays (no quote).
+        self.string_closing_ids = torch.tensor(
+            [n for n in closing if self.token_bytes[n].lstrip(b" ").startswith(b'"')], dtype=torch.long
+        )
+        self.bracket_closing_ids = torch.tensor(
+            [n for n in closing if b'"' not in self.token_bytes[n]], dtype=torch.long
+        )
+
+    def inside_string(self, tokens: list[int]) -> bool:
+        """Whether JSON written as these tokens stops inside a string (an odd number of unescaped quotes)."""
+        inside = escaped = False
+        for token in tokens:
+            for byte in self.token_bytes[token] if token < len(self.token_bytes) else b"":
+                if escaped:
+                    escaped = False
+                elif byte == 0x5C and inside:  # a backslash escapes the next character
+                    escaped = True
+                elif byte == 0x22:
+                    inside = not inside
+        return inside
 
 
 def sample_step(logits: torch.Tensor, rows: list[RowState], tables: TokenTables, generator: Any = None) -> list[int]:
@@ -125,12 +146,17 @@ def _grammar_mask(scores: torch.Tensor, row: RowState, tables: TokenTables) -> N
     llt.fill_next_token_bitmask(row.matcher, mask, 0)
     view = scores.unsqueeze(0)
     llt.apply_token_bitmask_inplace(view, mask.to(scores.device))
-    if row.remaining <= row.params.closing_reserve:
+    # Steering starts near the end of the budget: within the reserve, and never before the budget's second half (a
+    # short budget is first the model's to use; an answer it closes itself ends with `stop`).
+    params = row.params
+    if row.remaining <= min(params.closing_reserve, params.max_tokens // 2):
         row.closing = True
     if row.closing and tables.closing_ids.numel():
-        closers = tables.closing_ids.to(scores.device)
-        allowed = closers[torch.isfinite(scores[closers])]
-        if allowed.numel():  # a quote or bracket the grammar accepts now: prefer it over more content
+        # Inside a string only a quote ends it (a bracket there is text); outside, brackets end what is open.
+        inside = tables.inside_string(row.generated)
+        closers = (tables.string_closing_ids if inside else tables.bracket_closing_ids).to(scores.device)
+        allowed = closers[torch.isfinite(scores[closers])] if closers.numel() else closers
+        if allowed.numel():  # a closer the grammar accepts now: prefer it over more content
             keep = scores[allowed].clone()
             scores.fill_(float("-inf"))
             scores[allowed] = keep

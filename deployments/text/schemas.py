@@ -46,14 +46,25 @@ class FunctionSpec(StrictModel):
     parameters: dict[str, Any] | None = Field(None, description="JSON schema of the arguments.")
 
 
+MAX_GRAMMAR_CHARS = 100_000
+
+
 class ResponseFormat(StrictModel):
-    type: Literal["text", "json_object", "json_schema"] = "text"
+    """The shape the output must take, enforced token by token: free text, any JSON object, JSON valid against a
+    schema, text matching a regular expression, exactly one of several choices, or a Lark grammar (the shapes
+    OpenAI's ``response_format`` and vLLM's structured outputs ask for)."""
+
+    type: Literal["text", "json_object", "json_schema", "regex", "choice", "grammar"] = "text"
     json_schema: dict[str, Any] | None = Field(None, description="The schema, for `json_schema`.")
+    regex: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS, description="For `regex`.")
+    choices: list[str] | None = Field(None, min_length=1, max_length=1024, description="For `choice`.")
+    grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS, description="Lark, for `grammar`.")
 
     @model_validator(mode="after")
-    def _schema_when_needed(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("`json_schema` needs a schema")
+    def _what_the_type_needs(self) -> ResponseFormat:
+        needed = {"json_schema": self.json_schema, "regex": self.regex, "choice": self.choices, "grammar": self.grammar}
+        if self.type in needed and needed[self.type] is None:
+            raise ValueError(f"`{self.type}` needs its `{ {'choice': 'choices'}.get(self.type, self.type) }`")
         return self
 
 

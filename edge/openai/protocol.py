@@ -13,6 +13,7 @@ converts itself into the service request at the boundary (``to_service``).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
@@ -26,6 +27,7 @@ from deployments.image import ImageRequest, ImageResult
 from deployments.text import MAX_PROMPT_CHARS, MAX_TOKENS_BOUND, TextRequest, TextResult
 from deployments.text.schemas import (
     FUNCTION_NAME,
+    MAX_GRAMMAR_CHARS,
     MAX_LOGIT_BIAS,
     MAX_STOPS,
     ChatMessage,
@@ -91,8 +93,37 @@ LogitBias = Annotated[
 Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None
 
 
+class StructuredOutputs(OpenAIModel):
+    """vLLM's ``structured_outputs``: exactly one constraint on the output."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json", description="A JSON schema (or its text).")
+    regex: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS)
+    choice: list[Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]] | None = Field(None, min_length=1, max_length=1024)
+    grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS, description="A Lark grammar.")
+    json_object: bool | None = Field(None, description="Any JSON object.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+GuidedJson = dict[str, Any] | Annotated[str, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)]
+
+
+def _schema(value: dict[str, Any] | str, field: str) -> dict[str, Any]:
+    """A JSON schema given as an object or as its text (vLLM takes both)."""
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise InvalidRequest.for_field(field, "is not a JSON schema (not JSON)") from None
+    if not isinstance(parsed, dict):
+        raise InvalidRequest.for_field(field, "is not a JSON schema (not an object)")
+    return parsed
+
+
 class _SamplingFields(OpenAIModel):
-    """Fields completions and chat completions share (OpenAI's, plus vLLM's sampling extensions)."""
+    """Fields completions and chat completions share (OpenAI's, plus vLLM's sampling and structured-output
+    extensions)."""
 
     model: str | None = Field(None, max_length=256, description="The served model's name (see /v1/models).")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -113,10 +144,60 @@ class _SamplingFields(OpenAIModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     min_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS_BOUND, description="End-of-text not before.")
     ignore_eos: bool | None = Field(None, description="Keep generating past end-of-text, up to the token limit.")
+    # vLLM's structured outputs (the current field, and the older guided_* ones)
+    structured_outputs: StructuredOutputs | None = Field(None, description="One constraint on the output (vLLM).")
+    guided_json: GuidedJson | None = Field(None, description="A JSON schema the output validates against (vLLM).")
+    guided_regex: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS, description="vLLM.")
+    guided_choice: list[Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]] | None = Field(
+        None, min_length=1, max_length=1024, description="The output is exactly one of these (vLLM)."
+    )
+    guided_grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS, description="Lark (vLLM).")
     # standard fields without effect here
     service_tier: str | None = Field(None, max_length=64, description="Accepted and ignored.")
     store: bool | None = Field(None, description="Accepted and ignored (nothing is stored for distillation).")
     metadata: dict[str, str] | None = Field(None, max_length=16, description="Accepted and ignored.")
+
+    def structure(self, response_format: ResponseFormatIn | None = None) -> ResponseFormat | None:
+        """The one constraint on the output, from whichever field asked for it; two at once is a 400."""
+        asked: list[tuple[str, ResponseFormat]] = []
+        if response_format is not None:
+            asked.append(("response_format", response_format.to_service()))
+        if self.guided_json is not None:
+            schema = _schema(self.guided_json, "guided_json")
+            asked.append(("guided_json", ResponseFormat(type="json_schema", json_schema=schema)))
+        if self.guided_regex is not None:
+            asked.append(("guided_regex", ResponseFormat(type="regex", regex=self.guided_regex)))
+        if self.guided_choice is not None:
+            asked.append(("guided_choice", ResponseFormat(type="choice", choices=self.guided_choice)))
+        if self.guided_grammar is not None:
+            asked.append(("guided_grammar", ResponseFormat(type="grammar", grammar=self.guided_grammar)))
+        outputs = self.structured_outputs
+        if outputs is not None:
+            given = [
+                (name, fmt)
+                for name, fmt in (
+                    (
+                        "json",
+                        outputs.json_ is not None
+                        and ResponseFormat(
+                            type="json_schema", json_schema=_schema(outputs.json_, "structured_outputs.json")
+                        ),
+                    ),
+                    ("regex", outputs.regex is not None and ResponseFormat(type="regex", regex=outputs.regex)),
+                    ("choice", outputs.choice is not None and ResponseFormat(type="choice", choices=outputs.choice)),
+                    (
+                        "grammar",
+                        outputs.grammar is not None and ResponseFormat(type="grammar", grammar=outputs.grammar),
+                    ),
+                    ("json_object", bool(outputs.json_object) and ResponseFormat(type="json_object")),
+                )
+                if fmt
+            ]
+            asked += [(f"structured_outputs.{name}", fmt) for name, fmt in given]
+        if len(asked) > 1:
+            names = ", ".join(name for name, _ in asked)
+            raise InvalidRequest.for_field(asked[1][0], f"one constraint on the output at a time, not {names}")
+        return asked[0][1] if asked else None
 
     def sampling(self) -> dict[str, Any]:
         """The service request's sampling fields (omitted ones keep the service's defaults)."""
@@ -181,10 +262,11 @@ class CompletionRequest(_SamplingFields):
         sampling = self.sampling()
         best_of = max(self.best_of, sampling["n"]) if self.best_of is not None else None  # fewer than n: n
         extra = {"best_of": best_of, "echo": bool(self.echo), "logprobs": self.logprobs}
+        structure = self.structure()
         out = []
         for prompt in self.prompts():
             source = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": prompt}
-            out.append(TextRequest(**source, **sampling, **extra))
+            out.append(TextRequest(**source, **sampling, **extra, response_format=structure))
         return out
 
 
@@ -327,8 +409,15 @@ class TextFormat(OpenAIModel):
 
 class JsonObjectFormat(OpenAIModel):
     type: Literal["json_object"]
+    schema_: dict[str, Any] | None = Field(
+        None, alias="schema", description="A JSON schema the object must validate against (a common extension)."
+    )
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     def to_service(self) -> ResponseFormat:
+        if self.schema_ is not None:
+            return ResponseFormat(type="json_schema", json_schema=self.schema_)
         return ResponseFormat(type="json_object")
 
 
@@ -398,7 +487,7 @@ class ChatCompletionRequest(_SamplingFields):
         return TextRequest(
             messages=[m.to_service(n) for n, m in enumerate(self.messages)],
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-            response_format=self.response_format.to_service() if self.response_format else None,
+            response_format=self.structure(self.response_format),
             tools=tools or None,
             tool_choice=choice,
             **sampling,

@@ -266,6 +266,70 @@ def test_min_p_and_top_k_narrow_sampling(service: TextService) -> None:
     assert len(top1) == 1 and len(strict) == 1 and len(wide) > 3
 
 
+PERSON = {  # a schema as a client's pydantic model gives it: strings without bounds, an integer, other keys not
+    "type": "object",  # forbidden (the engine does not invent them: it closes objects the schema leaves open)
+    "properties": {"name": {"type": "string"}, "city": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "city", "age"],
+}
+
+
+def local_default_budget() -> int:
+    """`default_max_tokens` of the local profile's text service: the budget a client that sends none gets."""
+    import yaml
+
+    from app.deploy import LOCAL, app_of, deployments_of
+
+    return deployments_of(app_of(yaml.safe_load(LOCAL.read_text())))["text"]["user_config"]["default_max_tokens"]
+
+
+def test_the_offline_model_closes_json_by_itself_within_the_default_budget(service: TextService) -> None:
+    """What a person trying structured output on the local profile gets: an object that parses, ended by the
+    model itself (``stop``), not steered to a close at the budget (``length``). The tiny model learned to write
+    short JSON values (offline/corpus.py); greedy, and sampled over seeds."""
+    import jsonschema
+
+    asks = ["Tell me about someone by the sea.", "Extract: Ann lives in a quiet village.", "Who keeps the tower?"]
+    for n, ask in enumerate(asks * 4):
+        temperature = 0.0 if n < len(asks) else 0.7
+        result = generate(
+            service,
+            messages=[{"role": "user", "content": ask}],
+            temperature=temperature,
+            seed=n,
+            max_tokens=local_default_budget(),
+            response_format={"type": "json_schema", "json_schema": PERSON},
+        )
+        choice = result.choices[0]
+        assert choice.finish_reason == "stop", (ask, temperature, choice.text)
+        jsonschema.validate(json.loads(choice.text), PERSON)
+
+
+def test_regex_choice_and_grammar_constrain_the_output(service: TextService) -> None:
+    year = generate(service, prompt="The year", max_tokens=10, response_format={"type": "regex", "regex": "[0-9]{4}"})
+    assert len(year.choices[0].text) == 4 and year.choices[0].text.isdigit()
+    assert year.choices[0].finish_reason == "stop"
+    picked = generate(
+        service, prompt="Pick:", max_tokens=10, response_format={"type": "choice", "choices": ["sea", "hill", "town"]}
+    )
+    assert picked.choices[0].text in ("sea", "hill", "town") and picked.choices[0].finish_reason == "stop"
+    grammar = 'start: "yes" | "no" " thanks"'
+    said = generate(service, prompt="Well?", max_tokens=10, response_format={"type": "grammar", "grammar": grammar})
+    assert said.choices[0].text in ("yes", "no thanks")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "field"),
+    [
+        ({"type": "regex", "regex": "("}, "response_format"),
+        ({"type": "grammar", "grammar": "start: missing"}, "response_format"),
+    ],
+)
+def test_a_constraint_the_engine_cannot_use_is_a_400(service: TextService, fmt: dict, field: str) -> None:
+    with pytest.raises(ServiceError) as err:
+        service.prepare(TextRequest(prompt="x", response_format=fmt))
+    assert (err.value.param, err.value.status) == (field, 400)
+
+
 def test_json_schema_output_always_validates(service: TextService) -> None:
     """200 seeds, sampled hot, under a schema with nested objects, enums, bounds and arrays: every answer
     parses and validates, even those that ran out of tokens (the engine steers them to a valid end)."""
