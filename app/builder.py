@@ -101,9 +101,10 @@ def build_graph(parsed: Any, replace: dict[str, serve.Deployment] | None = None)
     replace = replace or {}
     deployed = parsed.deployed()
     kinds = {name: replace.get(name) or SERVICES[name].deployment_class() for name in MODEL_SERVICES}
-    handles: dict[str, Any] = {
-        name: _with_config(kinds[name], getattr(parsed, name)).bind() for name in MODEL_SERVICES if name in deployed
-    }
+    handles: dict[str, Any] = {}
+    for name in sorted((n for n in MODEL_SERVICES if n in deployed), key=lambda n: len(SERVICES[n].calls)):
+        called = {c: handles[c] for c in SERVICES[name].calls if c in handles}  # services without calls first
+        handles[name] = _with_config(kinds[name], getattr(parsed, name)).bind(**called)
     variants = [name for names in parsed.variants.values() for name in names]
     for service, names in parsed.variants.items():
         for name in names:

@@ -98,6 +98,14 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         [("sum by (model) (rate(ray_content_studio_audio_seconds_synthesized_total[5m])) * 60", "{{model}}")],
     ),
     (
+        "Embeddings / s and input tokens / s",
+        "short",
+        [
+            ("sum by (model) (rate(ray_content_studio_embeddings_total[1m]))", "vectors/s {{model}}"),
+            ("sum by (model) (rate(ray_content_studio_embedding_tokens_total[1m]))", "tokens/s {{model}}"),
+        ],
+    ),
+    (
         "Pipeline stage latency p95 (s)",
         "s",
         [

@@ -9,7 +9,7 @@ token (deployments/text/).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -99,6 +99,11 @@ class BatchedMethods:
 
     batched_methods: ClassVar[tuple[str, ...]] = ()
     service: ClassVar[str]
+    model: Any  # the replica's loaded model
+
+    def configured(self, config: Any) -> None:
+        """``ModelReplica``'s hook: every config applied sizes the batched methods."""
+        self.configure_batching(config.batching)
 
     def configure_batching(self, batching: BatchingConfig) -> None:
         if not in_serve_replica():
@@ -126,6 +131,13 @@ class BatchedMethods:
             )
             self._coalesced = cached
         return cached[1]
+
+    async def run_one(self, job: Any, batch: Callable[[Any], Awaitable[Any]]) -> Any:
+        """One prepared job through the ``@serve.batch`` method ``batch``; outside a replica (plain tests, where
+        ``@serve.batch`` cannot run) straight to the model's coalescer."""
+        if not in_serve_replica():
+            return (await self.coalescer_for(self.model).submit([job]))[0]
+        return await batch(job)
 
 
 def in_serve_replica() -> bool:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 from ray import serve
 
-from deployments.batching import BatchedMethods, BatchingConfig, in_serve_replica
+from deployments.batching import BatchedMethods, BatchingConfig
 from deployments.common import (
     SEED_MAX,
     Narrative,
@@ -251,9 +251,6 @@ class ImageDeployment(BatchedMethods, ModelReplica[ImageConfig, ImageGenerator])
     def load_model(self, config: ImageConfig) -> ImageGenerator:
         return ImageGenerator(config)
 
-    def configured(self, config: ImageConfig) -> None:
-        self.configure_batching(config.batching)
-
     def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
         if isinstance(result, ImageResult):
             telemetry.count("content_studio_images_generated", len(result.images), model=result.model)
@@ -267,10 +264,7 @@ class ImageDeployment(BatchedMethods, ModelReplica[ImageConfig, ImageGenerator])
         return await self.coalescer_for(self.model).submit(jobs)
 
     async def _render(self, request: ImageRequest) -> ImageResult:
-        job = self.model.prepare(request)
-        if not in_serve_replica():  # @serve.batch needs a replica; plain tests go straight to the model
-            return (await self.coalescer_for(self.model).submit([job]))[0]
-        return await self._render_batch(job)
+        return await self.run_one(self.model.prepare(request), self._render_batch)
 
     async def generate(self, request: ImageRequest) -> ImageResult:
         return await self.measure("generate", (request,), lambda: self._render(request))

@@ -19,6 +19,7 @@ class ServiceSpec:
     deployment: str  # "module:Class" of the Serve deployment
     config: str  # "module:Class" of its user_config
     variants: bool  # can run A/B variants (extra deployments of the same code with another model)
+    calls: tuple[str, ...] = ()  # services it may call (their handles are bound to it when deployed)
 
     def deployment_class(self) -> Any:
         return _load(self.deployment)
@@ -43,7 +44,9 @@ SERVICES: dict[str, ServiceSpec] = {
             "deployments.recommend:RecommendDeployment",
             "deployments.recommend:RecommendConfig",
             variants=False,
+            calls=("embed",),  # content vectors from the embedding service, when its config asks for them
         ),
+        ServiceSpec("embed", "deployments.embed:EmbedDeployment", "deployments.embed:EmbedConfig", variants=False),
     )
 }
 MODEL_SERVICES: tuple[str, ...] = tuple(SERVICES)

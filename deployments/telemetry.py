@@ -48,6 +48,8 @@ SPECS: dict[str, MetricSpec] = {
         "histogram", "Time to render one request's images.", ("model",), tuple(LATENCY_BUCKETS)
     ),
     "content_studio_audio_seconds_synthesized": MetricSpec("counter", "Seconds of audio synthesized.", ("model",)),
+    "content_studio_embeddings": MetricSpec("counter", "Vectors made by the embedding service.", ("model",)),
+    "content_studio_embedding_tokens": MetricSpec("counter", "Input tokens the embedding service read.", ("model",)),
     "content_studio_recommendations": MetricSpec("counter", "Recommended items, by reason.", ("reason",)),
     "content_studio_interactions": MetricSpec("counter", "Interactions recorded, by event.", ("event",)),
     "content_studio_pipeline_stage_seconds": MetricSpec(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Bump when a recipe changes: an existing cache built by an older recipe is rebuilt.
-RECIPE_VERSION = "4"  # 2: recommender item texts; 3: a text-b candidate; 4: the text model is trained on words
+RECIPE_VERSION = "5"  # 2: item texts; 3: text-b; 4: the text model learns words; 5: small JSON answers, an encoder
 SEED = 1234
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / ".cache" / "models" / "tiny"
 
@@ -231,6 +231,31 @@ def build_image(out: Path) -> None:
     shutil.rmtree(out / "_tokenizer")
 
 
+def build_embed(out: Path) -> None:
+    """A tiny BERT encoder (2 layers, 32 wide) with the byte-level tokenizer, for the embedding service: loaded by
+    ``AutoModel`` / ``AutoTokenizer.from_pretrained``, its vectors mean-pooled. Random weights: the vectors mean
+    nothing, but their shapes, pooling, batching and every code path are real."""
+    from transformers import BertConfig, BertModel
+
+    _seed_everything()
+    tok = build_tokenizer(out)
+    tok.padding_side = "right"  # an encoder pads after the text (the attention mask hides the padding)
+    tok.model_max_length = 128
+    tok.save_pretrained(out)
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=128,
+            pad_token_id=tok.pad_token_id,
+        )
+    )  # with its pooler, as real checkpoints are: ``AutoModel`` loads it without a "newly initialized" warning
+    model.save_pretrained(out)
+
+
 def build_voice(out: Path) -> None:
     """A two-speaker Coqui VITS model of a few MB, saved as ``model.pth`` + ``config.json``."""
     import torch
@@ -332,6 +357,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "image": build_image,
     "voice": build_voice,
     "recommend": build_recommend,
+    "embed": build_embed,
 }
 
 

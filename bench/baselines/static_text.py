@@ -343,9 +343,6 @@ class StaticTextDeployment(BatchedMethods, ModelReplica[StaticTextConfig, Static
     def load_model(self, config: StaticTextConfig) -> StaticTextEngine:
         return StaticTextEngine(config)
 
-    def configured(self, config: StaticTextConfig) -> None:
-        self.configure_batching(config.batching)
-
     def batch_runner(self, model: StaticTextEngine) -> Callable[..., list[_Row]]:
         return model.run_batch
 

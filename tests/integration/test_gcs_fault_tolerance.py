@@ -130,7 +130,7 @@ def test_requests_keep_succeeding_while_the_gcs_is_down_and_the_cluster_recovers
     assert served_while_down >= 2  # traffic went on through the proxy and the replicas
     assert load.failures == []
     assert sum(node["Alive"] for node in ray.nodes()) == 3  # every node is back in the cluster
-    wait_deployments_healthy(APP, ("ingress", "pipeline", "text", "image", "voice", "recommend"))
+    wait_deployments_healthy(APP, ("ingress", "pipeline", "text", "image", "voice", "recommend", "embed"))
     assert replaced(before, replica_ids(APP)) == {}  # no replica was restarted
     # The control plane works again: a config change deploys.
     config = copy.deepcopy(deployed_app["config"])

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-SERVICES = ("text", "image", "voice", "recommend")
+SERVICES = ("text", "image", "voice", "recommend", "embed")
 
 
 def test_health_reports_every_service_with_its_placement(client: httpx.Client) -> None:
@@ -26,7 +26,7 @@ def test_health_reports_every_service_with_its_placement(client: httpx.Client) -
     assert body["services"]["text"]["torch_threads"] == 1
 
 
-def test_models_lists_the_generative_models_and_the_experiment(client: httpx.Client) -> None:
+def test_models_lists_the_served_models_and_the_experiment(client: httpx.Client) -> None:
     body = client.get("/v1/models").json()
     assert body["object"] == "list"
     assert {(m["id"], m["service"]) for m in body["data"]} == {
@@ -35,6 +35,7 @@ def test_models_lists_the_generative_models_and_the_experiment(client: httpx.Cli
         ("content-writer", "text"),  # the experiment's public name
         ("tiny-sd", "image"),
         ("tiny-vits", "voice"),
+        ("tiny-bert", "embed"),
     }
 
 

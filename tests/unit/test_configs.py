@@ -11,10 +11,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from app.builder import AppArgs, build_app
 from deployments.common import resolve_model_source
-from deployments.image import ImageConfig
-from deployments.recommend import RecommendConfig
-from deployments.text import TextConfig
-from deployments.voice import VoiceConfig
+from deployments.registry import SERVICES
 from edge.experiments import validate_experiments
 from edge.ingress import IngressConfig
 from graphs.config import PipelineConfig
@@ -22,10 +19,7 @@ from graphs.config import PipelineConfig
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted([ROOT / "serve_config.yaml", *(ROOT / "configs").glob("*.yaml")])
 SERVICE_CONFIGS = {
-    "text": TextConfig,
-    "image": ImageConfig,
-    "voice": VoiceConfig,
-    "recommend": RecommendConfig,
+    **{name: spec.config_class() for name, spec in SERVICES.items()},  # the model services, from the registry
     "pipeline": PipelineConfig,
     "ingress": IngressConfig,
 }
@@ -61,7 +55,7 @@ def test_the_bench_config_validates() -> None:
 def test_local_profile_points_at_the_tiny_models() -> None:
     app = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]
     models = {d["name"]: d["user_config"]["model"] for d in app["deployments"] if "model" in d["user_config"]}
-    assert set(models) == {"text", "text-b", "image", "voice", "recommend"}
+    assert set(models) == {"text", "text-b", "image", "voice", "recommend", "embed"}
     assert all(m.startswith(".cache/models/tiny/") for m in models.values())
     assert app["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
 

@@ -61,7 +61,7 @@ def test_every_recorded_metric_is_declared() -> None:
     root = Path(__file__).resolve().parents[2]
     used = {
         name
-        for folder in ("deployments", "graphs")
+        for folder in ("deployments", "graphs", "edge")
         for source in (root / folder).rglob("*.py")
         for name in re.findall(r"telemetry\.(?:count|observe|set)\(\s*\"([a-z_]+)\"", source.read_text())
     }
