@@ -21,11 +21,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 K = 10
 DEFAULT_OUT = Path("eval/results")
+TINY_EMBED = Path(__file__).resolve().parents[1] / ".cache" / "models" / "tiny" / "embed"
 
 
 def split(data, new_item_share: float, holdout: float, seed: int):
@@ -68,7 +70,24 @@ def metrics(ranked: dict[int, list[int]], truth: dict[int, set[int]]) -> dict[st
     }
 
 
-def evaluate(users: int, items: int, communities: int, events_per_user: int, seed: int) -> dict:
+def embedding_call(model: Path) -> Any:
+    """The embedding service's class in process, as the recommend deployment reaches the embed deployment."""
+    from deployments.embed import EmbedConfig, EmbeddingService, EmbedRequest
+    from deployments.recommend.service import EmbedCall
+
+    service = EmbeddingService(EmbedConfig(model=str(model), served_model_name=model.name))
+
+    def vectors(texts: list[str], dimensions: int) -> list[list[float]]:
+        return service.embed(EmbedRequest(texts=texts, dimensions=dimensions)).vectors
+
+    return EmbedCall(vectors, model.name), service.dim
+
+
+def evaluate(
+    users: int, items: int, communities: int, events_per_user: int, seed: int, embed_model: Path | None = None
+) -> dict:
+    """Popularity, ALS alone, and the service's hybrid (exact and ANN) with hashed content vectors; with
+    ``embed_model``, the hybrid again with the embedding service's vectors (the seam, measured)."""
     import scipy.sparse as sp
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -101,20 +120,33 @@ def evaluate(users: int, items: int, communities: int, events_per_user: int, see
                 update={"retrieval": "approximate", "store_url": f"sqlite:///{tmp}/ann.db", "trained_dir": f"{tmp}/a"}
             )
         )
+        hybrids = {"hybrid": service, "hybrid (ANN)": approximate}
+        if embed_model is not None:
+            call, dim = embedding_call(embed_model)
+            embedded = config.model_copy(
+                update={
+                    "retrieval": "exact",
+                    "content_vectors": "embed",
+                    "content_dim": dim,
+                    "store_url": f"sqlite:///{tmp}/embed.db",
+                    "trained_dir": f"{tmp}/e",
+                }
+            )
+            hybrids["hybrid (embed vectors)"] = Recommender(embedded, embed=call)
         new = [ItemIn(item_id=data.item_ids[i], text=data.item_texts[data.item_ids[i]]) for i in sorted(new_items)]
-        service.add_items(new)
-        approximate.add_items(new)
+        for recommender in hybrids.values():
+            recommender.add_items(new)
         index = {item_id: n for n, item_id in enumerate(data.item_ids)}
         popular = [index[i] for i, _ in service.popular()]
-        ranked: dict[str, dict[int, list[int]]] = {"popularity": {}, "als": {}, "hybrid": {}, "hybrid (ANN)": {}}
+        ranked: dict[str, dict[int, list[int]]] = {"popularity": {}, "als": {}, **{name: {} for name in hybrids}}
         for user in range(users):
             seen = set(matrix[user].indices.tolist())
             ranked["popularity"][user] = [i for i in popular if i not in seen][:K]
             ids, _ = als.recommend(user, matrix[user], N=K, filter_already_liked_items=True)
             ranked["als"][user] = [int(i) for i in ids]
             request = RecommendRequest(user_id=data.user_ids[user], k=K)
-            ranked["hybrid"][user] = [index[i.item_id] for i in service.recommend(request).items]
-            ranked["hybrid (ANN)"][user] = [index[i.item_id] for i in approximate.recommend(request).items]
+            for name, recommender in hybrids.items():
+                ranked[name][user] = [index[i.item_id] for i in recommender.recommend(request).items]
         overlap = [
             len(set(ranked["hybrid (ANN)"][u]) & set(ranked["hybrid"][u])) / max(1, len(ranked["hybrid"][u]))
             for u in range(users)
@@ -180,8 +212,14 @@ def main() -> None:
     parser.add_argument("--events-per-user", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--embed-model",
+        type=Path,
+        default=TINY_EMBED if TINY_EMBED.exists() else None,
+        help="an encoder folder: also evaluate with the embedding service's vectors (default: the tiny one)",
+    )
     args = parser.parse_args()
-    result = evaluate(args.users, args.items, args.communities, args.events_per_user, args.seed)
+    result = evaluate(args.users, args.items, args.communities, args.events_per_user, args.seed, args.embed_model)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recommend.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)

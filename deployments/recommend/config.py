@@ -74,12 +74,18 @@ class RecommendConfig(ServiceConfig):
     content_neighbours: int = Field(
         10, ge=1, le=100, description="Trained items whose factors a new item's factors are estimated from."
     )
+    content_vectors: Literal["hashed", "embed"] = Field(
+        "hashed",
+        description="Where content vectors come from: `hashed` words (nothing to load; the local default) or the "
+        "`embed` service (a transformers encoder; it must be deployed in the application). A change re-vectorises "
+        "items (each vector is stored with the encoder that made it).",
+    )
     content_dim: int = Field(
         256,
         ge=16,
         le=4096,
-        description="Size of the content vectors (hashed words; computed once per item, stored with it). A change "
-        "re-vectorises items at the next retraining.",
+        description="Size of the content vectors (computed once per item, stored with it; with `embed`, the "
+        "`dimensions` asked of the service). A change re-vectorises items.",
     )
     retrieval: Literal["auto", "exact", "approximate"] = Field(
         "auto",

@@ -16,9 +16,11 @@ from deployments.recommend.schemas import (
     RetrainReport,
     SimilarRequest,
 )
-from deployments.recommend.service import Recommender
+from deployments.recommend.service import EmbedCall, Recommender
 from deployments.replica import ModelReplica
 from deployments.telemetry import telemetry
+
+EMBED_TIMEOUT_S = 120.0
 
 
 @serve.deployment(name="recommend")
@@ -27,12 +29,34 @@ class RecommendDeployment(ModelReplica[RecommendConfig, Recommender]):
     config_cls = RecommendConfig
     reload_fields = frozenset({"model", "trained_dir"})
 
+    def __init__(
+        self, config: dict[str, Any] | None = None, model: Recommender | None = None, embed: Any = None
+    ) -> None:
+        self._embed = embed  # the embed deployment's handle, when the application deploys it
+        super().__init__(config, model)
+
     def load_model(self, config: RecommendConfig) -> Recommender:
         """The replica takes requests once its item space is open (at a million items a load takes seconds:
         the first request must not pay it, nor time out the pipeline's recommendations stage)."""
-        model = Recommender(config, background=True)
+        embed = self._embed_call() if config.content_vectors == "embed" else None
+        model = Recommender(config, background=True, embed=embed)
         model.warm()
         return model
+
+    def _embed_call(self) -> EmbedCall | None:
+        """The embedding service, called from the recommender's threads (never its event loop)."""
+        from deployments.embed import EmbedRequest
+
+        handle = self._embed
+        if handle is None:
+            return None
+
+        def vectors(texts: list[str], dimensions: int) -> list[list[float]]:
+            request = EmbedRequest(texts=texts, dimensions=dimensions)
+            return handle.embed.remote(request).result(timeout_s=EMBED_TIMEOUT_S).vectors
+
+        model = handle.describe.remote().result(timeout_s=EMBED_TIMEOUT_S)["model"]
+        return EmbedCall(vectors, model)
 
     def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
         if isinstance(result, Recommendations):

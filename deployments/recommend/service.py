@@ -17,6 +17,8 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +41,28 @@ from deployments.recommend.schemas import (
 from deployments.recommend.space import ItemSpace
 from deployments.recommend.store import InteractionStore
 from deployments.recommend.upkeep import ModelUpkeep
-from deployments.recommend.vectors import ContentEncoder, to_bytes
+from deployments.recommend.vectors import ContentEncoder, Encoder, ServiceEncoder, to_bytes
+
+
+@dataclass(frozen=True)
+class EmbedCall:
+    """How a recommender reaches the embedding service: ``vectors(texts, dimensions)`` and the model's name (it
+    tags the stored vectors)."""
+
+    vectors: Callable[[list[str], int], Any]
+    model: str
 
 
 class Recommender(ModelUpkeep):
     """Answers recommendations and similar items from the current snapshot; records events; retrains."""
 
-    def __init__(self, config: RecommendConfig, seed: FactorModel | None = None, background: bool = False) -> None:
+    def __init__(
+        self,
+        config: RecommendConfig,
+        seed: FactorModel | None = None,
+        background: bool = False,
+        embed: EmbedCall | None = None,
+    ) -> None:
         self.config = config
         self.placement = resolve_placement("cpu")  # the PyPI build of implicit computes on the CPU
         if seed is None:  # a fresh install has no seed: it learns from events by its own retraining
@@ -54,7 +71,8 @@ class Recommender(ModelUpkeep):
         self.registry = ModelRegistry(project_path(config.trained_dir), config.keep_versions)
         self.store = InteractionStore(config.store_url, config.database)
         self.snapshot = self._load_current() or self.seed
-        self.encoder = ContentEncoder(config.content_dim)
+        self.embed = embed  # the embedding service, when content vectors come from it
+        self.encoder = self._encoder(config)
         self._space: tuple[tuple[Any, ...], ItemSpace] | None = None
         self._space_lock = threading.Lock()
         self._followed: tuple[float, float] = (0.0, -1.0)  # (when we last looked, newest item time seen)
@@ -72,10 +90,17 @@ class Recommender(ModelUpkeep):
         if config.store_url != self.config.store_url or config.database != self.config.database:
             old, self.store = self.store, InteractionStore(config.store_url, config.database)
             old.dispose()
-        if config.content_dim != self.config.content_dim:
-            self.encoder = ContentEncoder(config.content_dim)
+        if (config.content_vectors, config.content_dim) != (self.config.content_vectors, self.config.content_dim):
+            self.encoder = self._encoder(config)
         self.registry.keep = config.keep_versions
         self.config = config  # a change of the space's settings rebuilds it on the next query (see space())
+
+    def _encoder(self, config: RecommendConfig) -> Encoder:
+        if config.content_vectors == "hashed":
+            return ContentEncoder(config.content_dim)
+        if self.embed is None:
+            raise ValueError("content_vectors `embed` needs the embed service deployed in the application")
+        return ServiceEncoder(self.embed.vectors, config.content_dim, self.embed.model)
 
     def close(self) -> None:
         self._stop.set()
@@ -113,7 +138,7 @@ class Recommender(ModelUpkeep):
         """Register items: each is vectorised once, here, and stored with its vector; replicas add it to their
         space (and indexes) when they next look, without touching the rest of the catalogue."""
         vectors = self.encoder.encode([f"{i.title}\n{i.text}".strip() for i in items])
-        added = self.store.add_items(items, [to_bytes(v) for v in vectors])
+        added = self.store.add_items(items, [to_bytes(v, self.encoder.key) for v in vectors])
         if added:
             self._followed = (0.0, self._followed[1])  # look for new items at the next query
         return added

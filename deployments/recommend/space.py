@@ -18,7 +18,7 @@ import numpy as np
 
 from deployments.recommend.ann import Dtype, Metric, VectorIndex
 from deployments.recommend.model import FactorModel
-from deployments.recommend.vectors import ContentEncoder, unit_rows
+from deployments.recommend.vectors import Encoder, unit_rows
 
 SPACE_FILE = "space.npz"
 EXACT_NEIGHBOURS_BELOW = 4096  # trained items: below, a new item's neighbours are searched exactly
@@ -62,6 +62,7 @@ class ItemSpace:
         self._factors = np.zeros((0, factors_dim), np.float32)
         self._unit = np.zeros((0, factors_dim), np.float32)
         self._content = np.zeros((0, content_dim), np.float32)
+        self.encoder_key: str | None = None  # the encoder that made its content vectors
         self._trained = np.zeros(0, bool)
         self.watermark = 0.0  # created_at of the newest registered item in the space
         self.indexes: dict[str, VectorIndex] = {}
@@ -208,7 +209,7 @@ class ItemSpace:
         cls,
         snapshot: FactorModel,
         registered: list[tuple[str, np.ndarray]],
-        encoder: ContentEncoder,
+        encoder: Encoder,
         settings: SpaceSettings,
         watermark: float = 0.0,
     ) -> ItemSpace:
@@ -249,6 +250,7 @@ class ItemSpace:
         if settings.approximate:
             space._index_all(content_index, warm if content_index is not None else _NO_ROWS)
         space.watermark = watermark
+        space.encoder_key = encoder.key
         return space
 
     def save(self, folder: Path) -> None:
@@ -260,7 +262,8 @@ class ItemSpace:
             content=self.content.astype(np.float16),
             trained=self.trained,
         )
-        (folder / "space.json").write_text(json.dumps({"watermark": self.watermark, "approximate": bool(self.indexes)}))
+        meta = {"watermark": self.watermark, "approximate": bool(self.indexes), "encoder": self.encoder_key}
+        (folder / "space.json").write_text(json.dumps(meta))
         for name, index in self.indexes.items():
             index.save(folder / f"ann-{name}.usearch")
 
@@ -286,6 +289,7 @@ class ItemSpace:
                     folder / f"ann-{name}.usearch", dim, spec.metric, settings.expansion_search
                 )
         space.watermark = float(meta.get("watermark", 0.0))
+        space.encoder_key = meta.get("encoder") or f"hashed:{content.shape[1]}"  # older versions: hashed words
         return space
 
     def describe(self) -> dict[str, Any]:

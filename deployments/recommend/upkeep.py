@@ -22,7 +22,7 @@ from deployments.recommend.model import FactorModel, ModelRegistry, load_model_d
 from deployments.recommend.schemas import RetrainReport
 from deployments.recommend.space import ItemSpace, SpaceSettings
 from deployments.recommend.store import InteractionStore
-from deployments.recommend.vectors import ContentEncoder, from_bytes
+from deployments.recommend.vectors import Encoder, from_bytes
 from deployments.telemetry import telemetry
 
 logger = logging.getLogger("content_studio.recommend")
@@ -38,7 +38,7 @@ class ModelUpkeep:
     seed: FactorModel
     registry: ModelRegistry
     store: InteractionStore
-    encoder: ContentEncoder
+    encoder: Encoder
     snapshot: FactorModel
     holder: str
     _space: tuple[tuple[Any, ...], ItemSpace] | None
@@ -197,7 +197,7 @@ class ModelUpkeep:
         return self._with_vectors(self.store.items_by_id(unheld)) if unheld else []
 
     def _with_vectors(self, rows: list[tuple[str, float, bytes | None, str]]) -> list[tuple[str, float, np.ndarray]]:
-        vectors = [from_bytes(blob, self.encoder.dim) for _, _, blob, _ in rows]
+        vectors = [from_bytes(blob, self.encoder) for _, _, blob, _ in rows]
         missing = [n for n, v in enumerate(vectors) if v is None]
         if missing:
             encoded = self.encoder.encode([rows[n][3] for n in missing])
@@ -238,13 +238,13 @@ class ModelUpkeep:
 
     def _space_key(self, snap: FactorModel, settings: SpaceSettings) -> tuple[Any, ...]:
         """What a cached space was opened for: another version, dimension or settings opens a new one."""
-        return (snap.version, self.config.content_dim, settings)
+        return (snap.version, self.encoder.key, settings)
 
     def _open_space(self, snap: FactorModel, settings: SpaceSettings) -> ItemSpace:
         """The space saved with this version; a seed or a fresh install builds one from what is registered."""
         if snap.version not in ("seed", "empty"):
             loaded = ItemSpace.load(self.registry.path(snap.version), settings)
-            if loaded is not None and loaded.content.shape[1] == self.encoder.dim:
+            if loaded is not None and loaded.encoder_key == self.encoder.key:
                 return loaded
         registered = self._registered(0.0)
         watermark = max((c for _, c, _ in registered), default=0.0)

@@ -127,3 +127,36 @@ def test_registered_items_are_fresh_for_cold_users_and_accept_interactions(recom
     recommender.record([InteractionIn(user_id="cold", item_id="c-new-1", event="listen")])
     after = recommender.recommend(RecommendRequest(user_id="cold", k=5)).items
     assert "c-new-1" not in {i.item_id for i in after}  # seen now
+
+
+def test_content_vectors_can_come_from_the_embedding_service(tiny_models, tmp_path) -> None:
+    """The seam: with ``content_vectors: embed`` every content vector is the encoder's (here the service class
+    in process, as the deployment's handle calls it), tagged with it; a recommender that switches back to hashed
+    words does not mix the stored vectors in: it vectorises those items again."""
+    from deployments.embed import EmbedConfig, EmbeddingService, EmbedRequest
+    from deployments.recommend import ItemIn
+    from deployments.recommend.service import EmbedCall
+
+    encoder = EmbeddingService(EmbedConfig(model=str(tiny_models / "embed"), served_model_name="tiny-bert"))
+    calls: list[int] = []
+
+    def vectors(texts: list[str], dimensions: int) -> list[list[float]]:
+        calls.append(len(texts))
+        return encoder.embed(EmbedRequest(texts=texts, dimensions=dimensions)).vectors
+
+    store = f"sqlite:///{tmp_path}/rec.db"
+    config = RecommendConfig(
+        model=str(tiny_models / "recommend"), store_url=store, content_vectors="embed", content_dim=32
+    )
+    embedded = Recommender(config, embed=EmbedCall(vectors, "tiny-bert"))
+    assert embedded.encoder.key == "embed:tiny-bert:32" and embedded.space().content.shape[1] == 32
+    embedded.add_items([ItemIn(item_id="c-new", title="Tides", text="tides and harbours")])
+    assert calls and embedded.similar(SimilarRequest(item_id="c-new", k=5)).items
+
+    hashed = Recommender(config.model_copy(update={"content_vectors": "hashed"}))
+    assert hashed.encoder.key == "hashed:32"
+    before = hashed.encoder.encoded
+    assert "c-new" in hashed.space().index and hashed.encoder.encoded > before  # re-vectorised, not reused
+
+    with pytest.raises(ValueError, match="embed service"):
+        Recommender(config)  # no embedding service to call
