@@ -21,11 +21,29 @@ from starlette.routing import Match
 from deployments.errors import SchemaError, ServiceError, TooLarge, for_status
 from edge.access import AccessMiddleware, BodyTooLarge
 from edge.ingress import Ingress
-from edge.openai import serving_chat, serving_completions, serving_media, serving_models
+from edge.openai import (
+    embeddings,
+    serving_chat,
+    serving_completions,
+    serving_media,
+    serving_models,
+    serving_responses,
+)
 from edge.routes import content, health, recommend, studio
 from edge.routes.health import app_version
 
-ROUTERS = (serving_models, serving_completions, serving_chat, serving_media, recommend, content, health, studio)
+ROUTERS = (
+    serving_models,
+    serving_completions,
+    serving_chat,
+    serving_responses,
+    serving_media,
+    embeddings,
+    recommend,
+    content,
+    health,
+    studio,
+)
 _TYPE_TAG = re.compile(
     r"^(str|int|float|bool|none|constrained-\w+|list\[.*\]|dict\[.*\]|function-\w+\[.*\]|union\[.*\]|"
     r"literal\[.*\]|tagged-union\[.*\]|json-or-python\[.*\])$"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from edge.access import AccessConfig, AccessPolicy
 from edge.admission import EdgeAdmission
 from edge.experiments import Assignment, ExperimentConfig, ExperimentRouter, ExperimentStats, validate_experiments
 from edge.rate_limits import RateLimiter
+from edge.response_store import ResponsesConfig, ResponseStore
 
 VARIANT_HEADER = "X-Model-Variant"
 
@@ -37,6 +39,7 @@ class ServiceTimeouts(StrictModel):
     image: float = Field(120.0, gt=0, le=3600)
     voice: float = Field(120.0, gt=0, le=3600)
     recommend: float = Field(10.0, gt=0, le=3600)
+    embed: float = Field(60.0, gt=0, le=3600)
     recommend_retrain: float = Field(600.0, gt=0, le=7200, description="An admin retrain of the recommender.")
     pipeline: float = Field(600.0, gt=0, le=7200, description="Whole content requests (stages time out inside).")
 
@@ -63,6 +66,9 @@ class IngressConfig(StrictModel):
         default_factory=dict,
         description="A/B experiments by name: variants (deployments) of one service and their traffic weights.",
     )
+    responses: ResponsesConfig = Field(
+        default_factory=ResponsesConfig, description="Stored responses of the Responses API (`store: true`)."
+    )
 
 
 class Ingress:
@@ -84,6 +90,8 @@ class Ingress:
         self.stats = ExperimentStats()
         self.admission = EdgeAdmission(app_name, tuple(handles), IngressConfig())
         self.limiter: RateLimiter | None = None
+        self._responses: ResponseStore | None = None
+        self._responses_lock = threading.Lock()
         self.reconfigure(config or {})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -99,6 +107,16 @@ class Ingress:
         if self.limiter is None or self.limiter.config != config.access.limits:
             self.limiter = RateLimiter(config.access.limits)
         self.admission.config = config
+
+    def response_store(self) -> ResponseStore:
+        """The Responses API's store, opened on first use (from a worker thread: it may migrate its schema)."""
+        with self._responses_lock:
+            wanted = self.config.responses
+            if self._responses is None or self._responses_config != wanted:
+                if self._responses is not None:
+                    self._responses.dispose()
+                self._responses, self._responses_config = ResponseStore(wanted), wanted
+            return self._responses
 
     # --- calling services ---------------------------------------------------------------------------------
     def handle(self, deployment: str) -> DeploymentHandle:

@@ -135,14 +135,19 @@ def databases() -> Iterator[dict[str, Any]]:
         yield {"kind": "sqlite", "why_not_postgres": why, "env": {}}
         return
     created = PostgresDatabases()
-    catalog, recommend = created.create("catalog"), created.create("recommend")
+    catalog, recommend, responses = created.create("catalog"), created.create("recommend"), created.create("responses")
     proxy = TcpProxy("127.0.0.1", 5432)
 
     def through_proxy(url: str) -> str:
         return url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
 
-    env = {"CONTENT_STUDIO_CATALOG_URL": through_proxy(catalog), "CONTENT_STUDIO_STORE_URL": through_proxy(recommend)}
-    yield {"kind": "postgresql", "proxy": proxy, "direct": {"catalog": catalog, "recommend": recommend}, "env": env}
+    env = {
+        "CONTENT_STUDIO_CATALOG_URL": through_proxy(catalog),
+        "CONTENT_STUDIO_STORE_URL": through_proxy(recommend),
+        "CONTENT_STUDIO_RESPONSES_URL": through_proxy(responses),
+    }
+    direct = {"catalog": catalog, "recommend": recommend, "responses": responses}
+    yield {"kind": "postgresql", "proxy": proxy, "direct": direct, "env": env}
     proxy.close()
     created.drop_all()
 
@@ -230,6 +235,8 @@ def use_databases(config: dict[str, Any], databases: dict[str, Any]) -> dict[str
                 user["relay"] = {"interval_s": 0.5, "retry_s": 0.5, "max_retry_s": 2.0, "claim_s": 5.0}
             if deployment["name"] == "recommend":
                 user["store_url"] = "env:CONTENT_STUDIO_STORE_URL"
+            if deployment["name"] == "ingress":
+                user.setdefault("responses", {})["store_url"] = "env:CONTENT_STUDIO_RESPONSES_URL"
     return config
 
 

@@ -17,8 +17,15 @@ def oai(base_url: str) -> openai.OpenAI:
 
 
 def test_models(oai: openai.OpenAI) -> None:
-    # the three models, the text experiment's candidate, and the experiment's public name
-    assert {m.id for m in oai.models.list()} == {"tiny-gpt2", "tiny-gpt2-b", "content-writer", "tiny-sd", "tiny-vits"}
+    # the four generative models, the text experiment's candidate and the experiment's public name
+    assert {m.id for m in oai.models.list()} == {
+        "tiny-gpt2",
+        "tiny-gpt2-b",
+        "content-writer",
+        "tiny-sd",
+        "tiny-vits",
+        "tiny-bert",
+    }
 
 
 def test_completion(oai: openai.OpenAI) -> None:

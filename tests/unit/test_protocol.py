@@ -254,3 +254,124 @@ def test_bad_fields_are_named_in_the_error_body(model, fields, field) -> None:
     response = validation_error_response(errors)
     assert response.status_code == 422
     assert json.loads(response.body)["error"]["param"].split(".")[0] == field
+
+
+# --- structured outputs in every common shape ---------------------------------------------------------------
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"response_format": {"type": "json_object", "schema": SCHEMA}}, ("json_schema", SCHEMA)),
+        ({"response_format": {"type": "json_object"}}, ("json_object", None)),
+        ({"guided_json": SCHEMA}, ("json_schema", SCHEMA)),
+        ({"guided_json": json.dumps(SCHEMA)}, ("json_schema", SCHEMA)),
+        ({"guided_regex": "[0-9]+"}, ("regex", "[0-9]+")),
+        ({"guided_choice": ["a", "b"]}, ("choice", ["a", "b"])),
+        ({"guided_grammar": 'start: "x"'}, ("grammar", 'start: "x"')),
+        ({"structured_outputs": {"json": SCHEMA}}, ("json_schema", SCHEMA)),
+        ({"structured_outputs": {"choice": ["yes", "no"]}}, ("choice", ["yes", "no"])),
+        ({"structured_outputs": {"json_object": True}}, ("json_object", None)),
+    ],
+)
+def test_every_shape_of_structured_output_reaches_the_text_service(extra: dict, expected: tuple) -> None:
+    chat = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], **extra})
+    fmt = chat.to_service().response_format
+    value = {"json_schema": fmt.json_schema, "regex": fmt.regex, "choice": fmt.choices, "grammar": fmt.grammar}
+    assert (fmt.type, value.get(fmt.type)) == expected
+
+
+def test_two_constraints_at_once_are_a_400_naming_the_second() -> None:
+    from deployments.errors import ServiceError
+
+    chat = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "x"}], "guided_regex": "a+", "guided_choice": ["a"]}
+    )
+    with pytest.raises(ServiceError) as err:
+        chat.to_service()
+    assert (err.value.status, err.value.param) == (400, "guided_choice")
+    completion = CompletionRequest.model_validate({"prompt": "x", "guided_json": "not json"})
+    with pytest.raises(ServiceError) as err:
+        completion.to_service()
+    assert err.value.param == "guided_json"
+
+
+# --- the Responses API and embeddings ------------------------------------------------------------------------
+def test_a_responses_request_becomes_a_chat_request_after_the_earlier_conversation() -> None:
+    from deployments.text.schemas import ChatMessage
+    from edge.openai.responses import ResponsesRequest
+
+    body = ResponsesRequest.model_validate(
+        {
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "Book it."}]},
+                {"type": "function_call", "call_id": "call_1", "name": "book", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "booked"},
+            ],
+            "instructions": "Be brief.",
+            "max_output_tokens": 20,
+            "text": {"format": {"type": "json_schema", "name": "out", "schema": SCHEMA, "strict": True}},
+            "store": False,
+            "reasoning": {"effort": "low"},
+            "truncation": "disabled",
+        }
+    )
+    earlier = [ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello")]
+    request = body.to_service(earlier)
+    roles = [(m.role, m.content) for m in request.messages]
+    assert roles[:3] == [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")]
+    assert roles[3] == ("user", "Book it.") and request.messages[4].tool_calls[0].id == "call_1"
+    assert (request.messages[5].role, request.messages[5].tool_call_id) == ("tool", "call_1")
+    assert request.max_tokens == 20 and request.response_format.json_schema == SCHEMA
+
+
+def test_a_conversation_past_the_message_bound_is_a_400_naming_input() -> None:
+    """Each part is within bounds, the whole (instructions, an earlier conversation, this turn) is not: a 400
+    naming ``input``, not a validation error escaping as a 500 (found by schemathesis)."""
+    from deployments.errors import ServiceError
+    from deployments.text.schemas import ChatMessage
+    from edge.openai.responses import ResponsesRequest
+
+    body = ResponsesRequest.model_validate({"input": [{"role": "user", "content": "x"}] * 200, "instructions": "Hi"})
+    earlier = [ChatMessage(role="user", content="y")] * 100
+    with pytest.raises(ServiceError) as err:
+        body.to_service(earlier)
+    assert (err.value.status, err.value.param) == (400, "input")
+
+
+def test_a_stored_conversation_keeps_the_turn_and_the_answer_not_the_instructions() -> None:
+    from deployments.text import Choice, TextResult
+    from edge.openai.responses import ResponseObject, ResponsesRequest
+
+    body = ResponsesRequest.model_validate({"input": "Hi", "instructions": "Be brief."})
+    result = TextResult(
+        choices=[Choice(index=0, text="Hello", finish_reason="stop", completion_tokens=2)],
+        prompt_tokens=5,
+        completion_tokens=2,
+        model="tiny",
+    )
+    answer = ResponseObject.start(body, "tiny").finish(result)
+    assert answer.status == "completed" and answer.output[0].content[0].text == "Hello"
+    assert answer.usage.total_tokens == 7 and answer.instructions == "Be brief."
+    assert answer.conversation(body.turn()) == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+
+
+def test_embeddings_input_shapes_and_the_base64_encoding() -> None:
+    import base64
+
+    import numpy as np
+
+    from deployments.embed import EmbedResult
+    from edge.openai.embeddings import EmbeddingRequest, EmbeddingResponse
+
+    assert EmbeddingRequest(input="a").to_service().texts == ["a"]
+    assert EmbeddingRequest(input=["a", "b"]).to_service().texts == ["a", "b"]
+    assert EmbeddingRequest(input=[1, 2]).to_service().token_ids == [[1, 2]]
+    assert EmbeddingRequest(input=[[1], [2, 3]]).to_service().token_ids == [[1], [2, 3]]
+    result = EmbedResult(vectors=[[0.6, 0.8]], prompt_tokens=3, dimensions=2, model="tiny-bert")
+    encoded = EmbeddingResponse.of(result, "base64").data[0].embedding
+    assert np.frombuffer(base64.b64decode(encoded), dtype="<f4").tolist() == pytest.approx([0.6, 0.8])
