@@ -101,7 +101,7 @@ def test_bad_content_requests_name_the_field(client: httpx.Client) -> None:
 def degraded_config(base: dict, image_timeout_s: float, **deployment_changes: dict) -> dict:
     """The session's config plus a second app, `degraded`, at /degraded, with the given deployment changes."""
     config = copy.deepcopy(base)
-    app = extra_app(config, "degraded")
+    app = extra_app(config, "degraded", services=("text", "image", "voice", "recommend", "pipeline"))
     for deployment in app["deployments"]:
         deployment.update(copy.deepcopy(deployment_changes.get(deployment["name"], {})))
         if deployment["name"] == "pipeline":

@@ -21,7 +21,7 @@ def test_schemathesis_with_every_check_finds_nothing(base_url: str) -> None:
     done = subprocess.run(
         [
             str(cli), "--no-color", "--config-file", str(ROOT / "schemathesis.toml"), "run",
-            f"{base_url}/openapi.json", "--checks", "all", "--max-examples", "10", "--workers", "1",
+            f"{base_url}/openapi.json", "--checks", "all", "--max-examples", "6", "--workers", "1",
             "--request-timeout", "130", "--seed", "20261129",
         ],
         capture_output=True,
@@ -29,7 +29,8 @@ def test_schemathesis_with_every_check_finds_nothing(base_url: str) -> None:
         errors="replace",
         timeout=1200,
     )  # fmt: skip
-    summary = done.stdout[-6000:]
+    summary = done.stdout[-3000:]
+    failures = done.stdout.partition("FAILURES")[2].partition("WARNINGS")[0]  # each failure with its reproduction
     tested = next(line for line in summary.splitlines() if line.strip().startswith("Tested:"))
-    assert int(tested.split(":")[1]) >= 23, summary  # every operation of the API was exercised
-    assert done.returncode == 0, summary
+    assert int(tested.split(":")[1]) >= 27, summary  # every operation of the API was exercised
+    assert done.returncode == 0, failures[:12000] + summary
