@@ -30,12 +30,15 @@ def ensure_heavy_text(root: Path) -> Path:
 
 
 def bench_config(profile: str, root: Path) -> dict[str, Any]:
-    """The local profile without the experiment (every request hits one text model); heavier models for
-    ``heavy``. Returns a Serve config."""
+    """The local profile without the experiment (every request hits one text model) and with the four model
+    services the pipeline calls, as the all-in-one baseline loads them (no ``embed``, which the local
+    recommender does not call); heavier models for ``heavy``. Returns a Serve config."""
+    from app.deploy import only
+
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     app = config["applications"][0]
-    app["args"] = {}
-    app["deployments"] = [d for d in app["deployments"] if d["name"] != "text-b"]
+    app["args"] = {}  # no A/B variant (text-b)
+    only(app, ("text", "image", "voice", "recommend", "pipeline"))
     deployments = {d["name"]: d for d in app["deployments"]}
     deployments["ingress"]["user_config"].pop("experiments", None)
     for d in app["deployments"]:  # the bench measures one replica per model; no autoscaling mid-run
