@@ -10,7 +10,9 @@ by default (the local profile), PostgreSQL in a cluster (``env:NAME`` URL), migr
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +22,11 @@ from deployments.common import StrictModel
 from deployments.sql import DatabaseConfig, MigratedStore
 
 PURGE_EVERY_S = 60.0  # a replica deletes expired rows at most this often (as it writes)
+RESPONSE_ID = re.compile(r"resp_[0-9a-f]{32}")  # every id this store holds; any other is unknown without a query
+
+
+def new_response_id() -> str:
+    return f"resp_{uuid.uuid4().hex}"
 
 
 class ResponsesConfig(StrictModel):
@@ -61,6 +68,8 @@ class ResponseStore(MigratedStore):
 
     def get(self, response_id: str, owner: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The response and its conversation, while it lasts, for the key that made it (else None)."""
+        if not RESPONSE_ID.fullmatch(response_id):  # nothing to look up (and PostgreSQL refuses NUL in text)
+            return None
         t = RESPONSES
         query = sa.select(t.c.response, t.c.conversation).where(
             t.c.id == response_id, t.c.owner == owner, t.c.expires_at > time.time()
@@ -70,6 +79,8 @@ class ResponseStore(MigratedStore):
         return (row.response, row.conversation) if row is not None else None
 
     def delete(self, response_id: str, owner: str) -> bool:
+        if not RESPONSE_ID.fullmatch(response_id):
+            return False
         with self.writing() as conn:
             gone = conn.execute(sa.delete(RESPONSES).where(RESPONSES.c.id == response_id, RESPONSES.c.owner == owner))
         return gone.rowcount == 1

@@ -28,6 +28,7 @@ from deployments.text.schemas import (
 )
 from edge.openai.protocol import MAX_TOP_LOGPROBS, NOT_BLANK, OpenAIModel
 from edge.openai.protocol import JsonSchemaSpec as _JsonSchemaSpec
+from edge.response_store import new_response_id
 
 Text = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 
@@ -322,7 +323,7 @@ class ResponseObject(OpenAIModel):
     def start(cls, body: ResponsesRequest, model: str) -> ResponseObject:
         """The response as it begins (``in_progress``, no output yet), echoing what the request asked."""
         return cls(
-            id=f"resp_{uuid.uuid4().hex}",
+            id=new_response_id(),
             created_at=int(time.time()),
             status="in_progress",
             instructions=body.instructions,

@@ -24,6 +24,9 @@ def traced(client: httpx.Client) -> dict:
     assert response.status_code == 200
     like = {"user_id": "user-2", "item_id": response.json()["id"], "event": "like"}
     assert client.post("/v1/interactions", json=like, headers={"X-Request-ID": request_id}).status_code == 202
+    # The local recommender vectorises without the embedding service: its metrics need a request of their own.
+    embedding = {"model": "tiny-bert", "input": "observability"}
+    assert client.post("/v1/embeddings", json=embedding, headers={"X-Request-ID": request_id}).status_code == 200
     return {"request_id": request_id, "response": response, "record": response.json()}
 
 
@@ -36,7 +39,7 @@ def test_the_request_id_is_in_the_json_logs_of_every_service(traced: dict) -> No
     found: dict[str, list[dict]] = {}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for deployment in ("ingress", "pipeline", "text", "image", "voice", "recommend"):
+        for deployment in ("ingress", "pipeline", "text", "image", "voice", "recommend", "embed"):
             lines = []
             for path in glob.glob(os.path.join(logs, f"replica_content-studio_{deployment}_*.log")):
                 with open(path) as fh:
@@ -76,6 +79,7 @@ def test_the_metrics_show_the_request_its_stages_and_its_tokens(traced: dict) ->
         "ray_content_studio_images_generated_total",
         "ray_content_studio_audio_seconds_synthesized_total",
         "ray_content_studio_recommendations_total",
+        "ray_content_studio_embeddings_total",
         "ray_content_studio_pipeline_results_total",
         "ray_content_studio_pipeline_stage_seconds_bucket",
         "ray_content_studio_requests_total",

@@ -32,7 +32,7 @@ def assert_valid_serve_config(config: dict, name: str) -> None:
         args = AppArgs.model_validate(app.args)
         kind = {name: service for service, names in args.variants.items() for name in names}
         names = {d.name for d in app.deployments}
-        assert names == set(SERVICE_CONFIGS) | set(kind), f"{name} must configure every deployment"
+        assert names == {*args.deployed(), "ingress", *kind}, f"{name} must configure every deployment it deploys"
         for deployment in app.deployments:
             SERVICE_CONFIGS[kind.get(deployment.name, deployment.name)].model_validate(deployment.user_config)
             if deployment.name == "ingress":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.response_store import ResponsesConfig, ResponseStore
+from edge.response_store import ResponsesConfig, ResponseStore, new_response_id
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -27,20 +27,29 @@ def uuid_suffix() -> str:
 
 def test_a_response_is_kept_for_its_key_and_deleted(store: ResponseStore) -> None:
     conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    store.put("resp_1", "user:ann", {"id": "resp_1", "status": "completed"}, conversation)
-    assert store.get("resp_1", "user:ann") == ({"id": "resp_1", "status": "completed"}, conversation)
-    assert store.get("resp_1", "user:ben") is None  # another key does not see it
-    assert not store.delete("resp_1", "user:ben")
-    assert store.delete("resp_1", "user:ann") and store.get("resp_1", "user:ann") is None
+    rid = new_response_id()
+    store.put(rid, "user:ann", {"id": rid, "status": "completed"}, conversation)
+    assert store.get(rid, "user:ann") == ({"id": rid, "status": "completed"}, conversation)
+    assert store.get(rid, "user:ben") is None  # another key does not see it
+    assert not store.delete(rid, "user:ben")
+    assert store.delete(rid, "user:ann") and store.get(rid, "user:ann") is None
+
+
+def test_an_id_this_store_never_issued_is_unknown_whatever_it_holds(store: ResponseStore) -> None:
+    """Ids come from clients (``previous_response_id``, the path): one with a NUL, which PostgreSQL refuses in a
+    query, is simply not found (schemathesis sent one)."""
+    for foreign in ("resp_1", "\x00resp", "r\u00e9sp_" + "0" * 32, ""):
+        assert store.get(foreign, "k") is None and store.delete(foreign, "k") is False
 
 
 def test_an_expired_response_is_never_answered_and_is_purged(store: ResponseStore) -> None:
-    store.put("resp_old", "k", {"id": "resp_old"}, [])
-    store.put("resp_new", "k", {"id": "resp_new"}, [])
-    assert store.get("resp_old", "k") is not None
+    old, new, gone = new_response_id(), new_response_id(), new_response_id()
+    store.put(old, "k", {"id": old}, [])
+    store.put(new, "k", {"id": new}, [])
+    assert store.get(old, "k") is not None
     later = time.time() + 61  # past the retention of 60 s
     store.retention_s = 0.0  # what is written now expires at once
-    store.put("resp_gone", "k", {"id": "resp_gone"}, [])
-    assert store.get("resp_gone", "k") is None
+    store.put(gone, "k", {"id": gone}, [])
+    assert store.get(gone, "k") is None
     assert store.purge(later) == 3
-    assert store.get("resp_new", "k") is None
+    assert store.get(new, "k") is None
