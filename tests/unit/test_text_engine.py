@@ -137,18 +137,25 @@ def test_a_full_engine_queues_then_refuses(tiny_models) -> None:
     svc = TextService(config)
     try:
 
-        async def scenario() -> tuple[list, float]:
-            request = TextRequest(prompt="Long", max_tokens=60, min_tokens=60, temperature=0)
-            first = asyncio.ensure_future(svc.generate(svc.prepare(request)))
-            await asyncio.sleep(0.05)
-            second = asyncio.ensure_future(svc.generate(svc.prepare(request)))  # waits for the first
-            await asyncio.sleep(0.05)
+        async def scenario() -> tuple[object, float]:
+            # Another request holds the one running place for as long as the test wants (no race with how fast
+            # the machine generates): the next request waits for it, one more is refused at once.
+            admission = svc.engine.admission
+            await admission.acquire(1)
+            request = TextRequest(prompt="Long", max_tokens=12, min_tokens=12, temperature=0)
+            waiting = asyncio.ensure_future(svc.generate(svc.prepare(request)))
+            for _ in range(1000):
+                if admission.waiting == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert admission.waiting == 1 and not waiting.done()
             with pytest.raises(Unavailable) as err:
                 await svc.generate(svc.prepare(request))
-            return await asyncio.gather(first, second), err.value.retry_after_s
+            admission.release(1)  # the place is free: the waiting request runs to its end
+            return await asyncio.wait_for(waiting, 60), err.value.retry_after_s
 
-        results, retry_after = asyncio.run(scenario())
-        assert [r.completion_tokens for r in results] == [60, 60] and retry_after == 3
+        result, retry_after = asyncio.run(scenario())
+        assert result.completion_tokens == 12 and retry_after == 3
     finally:
         svc.engine.close(wait=True)
 
