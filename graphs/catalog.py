@@ -165,6 +165,17 @@ class ContentCatalog(MigratedStore):
                 continue
         return "busy", content_id, None
 
+    def renew_key(self, key: str, content_id: str, lease_s: float) -> bool:
+        """The attempt making ``key``'s content is alive: its claim runs ``lease_s`` more. False: the key is no
+        longer this attempt's to renew (made, given back, or claimed for another content)."""
+        with self.writing() as conn:
+            renewed = conn.execute(
+                sa.update(KEYS)
+                .where(KEYS.c.key == key, KEYS.c.content_id == content_id, KEYS.c.state == "making")
+                .values(claimed_until=time.time() + lease_s)
+            )
+        return renewed.rowcount == 1
+
     def release_key(self, key: str) -> None:
         """A failed attempt gives its key back: the client may try again with it."""
         with self.writing() as conn:

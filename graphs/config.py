@@ -53,11 +53,13 @@ class PipelineConfig(StrictModel):
     )
     relay: RelayConfig = Field(default_factory=RelayConfig, description="Delivery of the outbox.")
     key_lease_s: float = Field(
-        600.0,
-        gt=0,
+        30.0,
+        ge=1,
         le=86400,
-        description="How long an idempotency key stays with the attempt making its content; a retry with the key "
-        "meanwhile gets 409, unless the ingress resends it because that attempt's replica died.",
+        description="How long an idempotency key stays with the attempt making its content after that attempt "
+        "last renewed it (it renews every third of this while it runs): a retry with the key meanwhile gets 409, "
+        "unless the ingress resends it because that attempt's replica died; an attempt whose replica died without "
+        "anyone knowing frees the key within this.",
     )
     retry_after_s: int = Field(
         5, ge=1, le=600, description="`Retry-After` of a 409 while another attempt makes the same key's content."

@@ -194,6 +194,7 @@ class ContentPipeline:
                 return claimed
         ctx = self._begin(request, emit, variants, content_id)
         ctx.idempotency_key = key
+        renewal = asyncio.create_task(self._renew_key(key, content_id)) if key is not None else None
         try:
             record = await self._make(ctx)
         except BaseException as exc:
@@ -203,8 +204,21 @@ class ContentPipeline:
             if isinstance(exc, ServiceError) and exc.record is not None:
                 _observe(exc.record)
             raise
+        finally:
+            if renewal is not None:
+                renewal.cancel()
         _observe(record)
         return record
+
+    async def _renew_key(self, key: str, content_id: str) -> None:
+        """Keep the key's claim alive while this attempt runs: if its replica dies, the claim lapses within
+        ``key_lease_s`` and a resend takes the key over (no client waits on a dead attempt for long)."""
+        lease = self.config.key_lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            with contextlib.suppress(Exception):  # a database hiccup: the next renewal tries again
+                if not await asyncio.to_thread(self.catalog.renew_key, key, content_id, lease):
+                    return
 
     async def _claim(
         self, request: ContentRequest, key: str, content_id: str, takeover: bool

@@ -192,3 +192,18 @@ def test_a_content_stores_only_while_its_idempotency_key_stands_for_it(database_
     assert catalog.get(cid(7)) is None and catalog.get(cid(8)) is not None
     assert catalog.page(10, 0)[1] == 1 and catalog.outbox_state() == {"delivered": 0, "pending": 1}
     assert catalog.claim_key("k-late", "fp", cid(9), lease_s=600)[:2] == ("done", cid(8))
+
+
+def test_a_live_attempt_renews_its_key_and_a_dead_ones_claim_lapses(database_url: str) -> None:
+    """The chaos test's second find: an attempt whose replica died while making a content held its key for the
+    whole lease, so every resend got 409. Attempts renew a short lease while they run; a dead one's lapses."""
+    catalog = ContentCatalog(database_url)
+    assert catalog.claim_key("k-live", "fp", cid(1), lease_s=0.5)[0] == "new"
+    assert catalog.renew_key("k-live", cid(1), lease_s=600)  # alive: a resend meanwhile is told to wait
+    time.sleep(0.6)
+    assert catalog.claim_key("k-live", "fp", cid(2), lease_s=600)[:2] == ("busy", cid(1))
+    assert catalog.claim_key("k-dead", "fp", cid(3), lease_s=0.5)[0] == "new"  # then its replica dies: no renewal
+    time.sleep(0.6)
+    assert catalog.claim_key("k-dead", "fp", cid(4), lease_s=600) == ("new", cid(3), None)  # same content id
+    catalog.release_key("k-live")
+    assert not catalog.renew_key("k-live", cid(1), lease_s=600)  # given back: nothing left to renew
