@@ -12,9 +12,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models browser run test bench-smoke test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-recs clean
+.PHONY: setup models browser h2load run test bench-smoke test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-recs clean
 
-setup: $(INSTALLED) models browser
+setup: $(INSTALLED) models browser h2load
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ $(AXE):
 	@if command -v npm >/dev/null 2>&1; then \
 	  mkdir -p .cache/npm && npm install --silent --no-audit --no-fund --prefix .cache/npm axe-core@4.14.1; \
 	else echo "note: no npm: the accessibility checks will be skipped"; fi
+
+# h2load (Debian's nghttp2-client), the C load generator that sends and times the benchmarks' bursts
+# (bench/burst.py); installed when missing and we may (root, apt), as Chromium is.
+h2load:
+	@command -v h2load >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; \
+	  else echo "note: no h2load and no root to install it: the benchmarks' bursts cannot run"; fi; }
 
 # The builder is a no-op when a build by the current recipe exists.
 models: $(INSTALLED)

@@ -19,7 +19,8 @@ from ray.serve import Application
 
 from deployments.common import StrictModel
 from deployments.registry import INGRESS, MODEL_SERVICES, PIPELINE, SERVICES, VARIANT_SERVICES
-from edge.deployment import IngressDeployment
+from edge.deployment import EdgeDeployment, IngressDeployment
+from edge.haproxy import EdgeConfig
 from edge.ingress import IngressConfig
 from graphs.config import PipelineConfig
 from graphs.deployment import PipelineDeployment
@@ -112,3 +113,9 @@ def build_graph(parsed: Any, replace: dict[str, serve.Deployment] | None = None)
     if PIPELINE in deployed:
         handles[PIPELINE] = _with_config(PipelineDeployment, parsed.pipeline).bind(dict(handles))
     return _with_config(IngressDeployment, parsed.ingress).bind(handles, variants=tuple(variants))
+
+
+def build_edge(args: dict[str, Any] | None = None) -> Application:
+    """The C edge as an application of its own (``import_path: app.builder:build_edge``, no route prefix): its
+    config is the deployment's ``user_config`` (``edge.haproxy.EdgeConfig``); ``args`` may give a default."""
+    return _with_config(EdgeDeployment, EdgeConfig.model_validate(args or {})).bind()

@@ -24,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "configs" / "local.yaml"
 HALF_PRECISION_SERVICES = ("text", "image")  # Coqui voices and ALS factors stay float32
+EDGE_IMPORT_PATH = "app.builder:build_edge"  # the C edge's application (edge/haproxy.py)
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -115,12 +116,23 @@ def free_port() -> int:
 
 
 def session_config(source: Path | dict[str, Any], project_root: Path, port: int) -> dict[str, Any]:
-    """A Serve config (file or dict) on ``port``, its relative model and data paths under ``project_root``."""
+    """A Serve config (file or dict) with Serve's proxy on ``port`` and the C edge (if the config has one) on
+    another free port, its relative model and data paths under ``project_root``."""
     config = copy.deepcopy(source) if isinstance(source, dict) else yaml.safe_load(Path(source).read_text())
     config["http_options"]["port"] = port
     for app in config["applications"]:
         app.setdefault("runtime_env", {}).setdefault("env_vars", {})["CONTENT_STUDIO_ROOT"] = str(project_root)
+        if app["import_path"] == EDGE_IMPORT_PATH:
+            app["deployments"][0]["user_config"]["port"] = free_port()
     return config
+
+
+def edge_url(config: dict[str, Any]) -> str | None:
+    """Where clients reach the C edge of ``config``, or None when it has none."""
+    for app in config["applications"]:
+        if app["import_path"] == EDGE_IMPORT_PATH:
+            return f"http://127.0.0.1:{app['deployments'][0]['user_config']['port']}"
+    return None
 
 
 def serve_cli(*args: str, dashboard: str) -> subprocess.CompletedProcess:

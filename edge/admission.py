@@ -26,6 +26,7 @@ class EdgeAdmission:
         self.config = config  # the ingress's: retry_after_s, capacity_refresh_s
         self.capacity: dict[str, int | None] = {}
         self.inflight: dict[str, int] = defaultdict(int)
+        self.details = serve_details  # the controller's view; injected in unit tests
         self._task: asyncio.Task[None] | None = None
         self.error: str | None = "not read from the Serve controller yet"
 
@@ -36,41 +37,20 @@ class EdgeAdmission:
     async def _refresh_loop(self) -> None:
         while True:
             try:
-                self.capacity = self.read(await self._details())
+                self.capacity = self.read(await self.details())
                 self.error = None
             except Exception as exc:  # no cap is better than refusing everything
                 self.error = f"{type(exc).__name__}: {exc}"[:200]
             await asyncio.sleep(self.config.capacity_refresh_s)
 
-    @staticmethod
-    async def _details() -> dict[str, Any]:
-        import ray
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        return await controller.get_serve_instance_details.remote()
-
     def read(self, details: dict[str, Any]) -> dict[str, int | None]:
-        """Each deployment's share of capacity for this ingress replica, from the controller's view of the app:
-        running replicas x (max_ongoing_requests + max_queued_requests), split among the ingress replicas. None:
-        no cap (an unbounded queue, or no replica running: then Serve queues until one is, within timeouts)."""
-        deployments = details["applications"][self.app]["deployments"]
-
-        def running(name: str) -> int:
-            return sum(r["state"] == "RUNNING" for r in deployments.get(name, {}).get("replicas", []))
-
-        ingresses = max(1, running(INGRESS))
-        out: dict[str, int | None] = {}
-        for name in self.deployments:
-            config = deployments.get(name, {}).get("deployment_config", {})
-            queued = config.get("max_queued_requests", -1)
-            replicas = running(name)
-            if queued is None or queued < 0 or replicas == 0:
-                out[name] = None
-                continue
-            total = replicas * (config.get("max_ongoing_requests", 5) + queued)
-            out[name] = max(1, math.ceil(total / ingresses))
-        return out
+        """Each deployment's share of capacity for this ingress replica: the app's capacity (``capacities``)
+        split among the running ingress replicas."""
+        ingresses = max(1, running_replicas(details, self.app, INGRESS))
+        return {
+            name: None if total is None else max(1, math.ceil(total / ingresses))
+            for name, total in capacities(details, self.app, self.deployments).items()
+        }
 
     @contextlib.contextmanager
     def enter(self, deployment: str) -> Iterator[None]:
@@ -89,3 +69,34 @@ class EdgeAdmission:
 
     def describe(self) -> dict[str, Any]:
         return {"capacity": dict(self.capacity), "inflight": dict(self.inflight), "error": self.error}
+
+
+def running_replicas(details: dict[str, Any], app: str, deployment: str) -> int:
+    deployments = details["applications"][app]["deployments"]
+    return sum(r["state"] == "RUNNING" for r in deployments.get(deployment, {}).get("replicas", []))
+
+
+def capacities(details: dict[str, Any], app: str, deployments: tuple[str, ...]) -> dict[str, int | None]:
+    """What each deployment of ``app`` can hold, from the Serve controller's view (``get_serve_instance_details``):
+    running replicas x (max_ongoing_requests + max_queued_requests). None: no cap (an unbounded queue, or no
+    replica running: then Serve queues until one is, within timeouts). The ingress and the C edge both cap by it."""
+    known = details["applications"][app]["deployments"]
+    out: dict[str, int | None] = {}
+    for name in deployments:
+        config = known.get(name, {}).get("deployment_config", {})
+        queued = config.get("max_queued_requests", -1)
+        replicas = running_replicas(details, app, name)
+        if queued is None or queued < 0 or replicas == 0:
+            out[name] = None
+        else:
+            out[name] = replicas * (config.get("max_ongoing_requests", 5) + queued)
+    return out
+
+
+async def serve_details() -> dict[str, Any]:
+    """The Serve controller's view of every application (what ``serve status`` shows), from inside a replica."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    return await controller.get_serve_instance_details.remote()

@@ -1,8 +1,9 @@
 """Chaos: under mixed load, one replica of every deployment in turn is killed, a few seconds apart, while the
 replicas killed before are still being replaced (two ingress replicas). Clients behave as the openai client does
 (they resend on 409, 429, 5xx and dropped connections, honouring Retry-After, and keep a content request's
-Idempotency-Key across resends). Nothing is lost, nothing is made twice, and a content misses only the stage of a
-service killed while it was being made. The long run (``slow``: several rounds) is for game days, not `make test`."""
+Idempotency-Key across resends), through the C edge. Nothing is lost, nothing is made twice, a content misses only
+the stage of a service killed while it was being made, and every failed answer is JSON (a 503 with Retry-After).
+The long run (``slow``: several rounds) is for game days, not `make test`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import httpx
 import pytest
 import ray
 
-from app.deploy import app_of, deployments_of
+from app.deploy import app_of, deployments_of, edge_url
 from tests.integration.conftest import wait_deployments_healthy, wait_healthy
 
 APP = "content-studio"
@@ -44,12 +45,18 @@ class Client:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
         self.failures: list[tuple[str, Any]] = []
+        self.errors: list[tuple[int, str, str | None]] = []  # every 5xx answer: status, content type, Retry-After
         self.resends = 0
 
     async def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
         for attempt in range(10):
             try:
                 response = await self.http.request(method, path, **kwargs)
+                if response.status_code >= 500:
+                    headers = response.headers
+                    self.errors.append(
+                        (response.status_code, headers.get("content-type", ""), headers.get("retry-after"))
+                    )
                 if response.status_code not in RETRY:
                     return response
                 wait = min(float(response.headers.get("Retry-After", 1)), 5.0)
@@ -113,6 +120,9 @@ def chaos(client: httpx.Client, deployed_app: dict, redeploy, rounds: int) -> No
     ingress.pop("autoscaling_config", None)
     ingress["num_replicas"] = 2
     redeploy(config, app=APP, healthy=DEPLOYMENTS)
+    edge = edge_url(config)  # the load goes through the C edge, as clients of the local profile do
+    assert edge is not None
+    wait_healthy(edge)
     total_before = client.get("/v1/content", params={"limit": 1}).json()["total"]
     made: Made = []
     counts: Counter = Counter()
@@ -122,7 +132,7 @@ def chaos(client: httpx.Client, deployed_app: dict, redeploy, rounds: int) -> No
 
         async def scenario() -> list[Client]:
             seconds = 2 + KILL_EVERY_S * len(DEPLOYMENTS) + 6  # the last kill, then time to recover under load
-            load = asyncio.create_task(mixed_load(deployed_app["url"], seconds, made, counts))
+            load = asyncio.create_task(mixed_load(edge, seconds, made, counts))
             for n, deployment in enumerate(DEPLOYMENTS):
                 await asyncio.sleep(2 if n == 0 else KILL_EVERY_S)
                 await asyncio.to_thread(kill_one_replica, deployment)
@@ -132,6 +142,11 @@ def chaos(client: httpx.Client, deployed_app: dict, redeploy, rounds: int) -> No
         clients = asyncio.run(scenario())
         failures = [f for c in clients for f in c.failures]
         assert failures == [], failures
+        # The edge answers every failure in JSON (never the proxy's plain-text 500 of a lost ingress replica),
+        # and every 503 says when to come back.
+        errors = [e for c in clients for e in c.errors]
+        assert [e for e in errors if "json" not in e[1]] == [], errors
+        assert [e for e in errors if e[0] == 503 and not e[2]] == [], errors
         resends += sum(c.resends for c in clients)
         wait_deployments_healthy(APP, DEPLOYMENTS)
         wait_healthy(deployed_app["url"])

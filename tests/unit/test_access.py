@@ -318,7 +318,7 @@ def test_the_edge_reads_capacities_from_the_first_health_check_not_the_first_req
         deployments = {"ingress": {"replicas": [replica]}, "text": {"replicas": [replica], "deployment_config": config}}
         return {"applications": {"app": {"deployments": deployments}}}
 
-    ingress.admission._details = details
+    ingress.admission.details = details
 
     async def probe() -> dict:
         await cls.check_health(ingress)  # Serve's probe; no request has come in

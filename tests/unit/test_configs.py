@@ -10,9 +10,11 @@ from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
 from app.builder import AppArgs, build_app
+from app.deploy import EDGE_IMPORT_PATH
 from deployments.common import resolve_model_source
 from deployments.registry import SERVICES
 from edge.experiments import validate_experiments
+from edge.haproxy import EdgeConfig
 from edge.ingress import IngressConfig
 from graphs.config import PipelineConfig
 
@@ -28,6 +30,10 @@ SERVICE_CONFIGS = {
 def assert_valid_serve_config(config: dict, name: str) -> None:
     schema = ServeDeploySchema.model_validate(config)
     for app in schema.applications:
+        if app.import_path == EDGE_IMPORT_PATH:  # the C edge: its one deployment's config is EdgeConfig
+            assert app.route_prefix is None and [d.name for d in app.deployments] == ["edge"], name
+            EdgeConfig.model_validate(app.deployments[0].user_config)
+            continue
         assert app.import_path == "app.builder:build_app"
         args = AppArgs.model_validate(app.args)
         kind = {name: service for service, names in args.variants.items() for name in names}

@@ -1,0 +1,179 @@
+"""The C edge (edge/haproxy.py) with the real HAProxy binary that Ray ships, in front of a stub of Serve's proxy.
+
+No Ray here: the stub answers as Serve's proxy does (its health path, a plain-text 500 when an ingress replica
+dies, the app's JSON), so each refusal the edge makes is checked on its own.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+
+from app.deploy import free_port
+from edge.haproxy import EdgeConfig, HAProxyEdge, haproxy_binary, render
+
+
+class StubProxy(http.server.ThreadingHTTPServer):
+    """Serve's proxy as the edge sees it. POST /v1/completions waits for ``release``: a request holding its place."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.arrived = threading.Semaphore(0)
+        super().__init__(("127.0.0.1", free_port()), _Handler)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: StubProxy
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/-/healthz":
+            self._answer(200, b"success", "text/plain")
+        elif self.path == "/lost":  # what Serve's proxy answers when the ingress replica holding a request dies
+            self._answer(500, b"Internal Server Error", "text/plain; charset=utf-8")
+        elif self.path == "/app-error":
+            self._answer(500, b'{"error": {"message": "boom", "type": "server_error"}}', "application/json")
+        else:
+            self._answer(200, b'{"ok": true}', "application/json")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.arrived.release()
+        self.server.release.wait(30)
+        self._answer(200, b'{"choices": []}', "application/json")
+
+
+@pytest.fixture
+def upstream() -> Iterator[StubProxy]:
+    server = StubProxy()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.release.set()
+    server.shutdown()
+
+
+@pytest.fixture
+def edge(upstream: StubProxy) -> Iterator[HAProxyEdge]:
+    config = EdgeConfig(port=free_port(), limits={"text": 1}, queue_timeout_ms=20, retry_after_s=2)
+    edge = HAProxyEdge(config, upstream.server_address[:2])
+    edge.start()
+    edge.apply({"text": None, "image": 8})
+    yield edge
+    edge.stop()
+
+
+def url(edge: HAProxyEdge) -> str:
+    return f"http://127.0.0.1:{edge.config.port}"
+
+
+def assert_json_503(response: httpx.Response, *words: str) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["retry-after"] == "2"
+    error = response.json()["error"]
+    assert error["type"] == "service_unavailable" and set(error) == {"message", "type", "param", "code"}
+    for word in words:
+        assert word in error["message"]
+
+
+def test_the_rendered_configuration_is_valid_haproxy(tmp_path) -> None:
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(render(EdgeConfig(app="content-studio"), ("127.0.0.1", 8001), "/studio", tmp_path))
+    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "path /studio/v1/completions /studio/v1/chat/completions" in path.read_text()  # the app's prefix
+
+
+def test_a_request_over_a_services_cap_is_refused_by_the_edge_in_json(edge: HAProxyEdge, upstream: StubProxy) -> None:
+    with httpx.Client(base_url=url(edge), timeout=30) as client:
+        holder = threading.Thread(target=client.post, args=("/v1/completions",), kwargs={"json": {}})
+        holder.start()
+        assert upstream.arrived.acquire(timeout=10)  # the one place for text is taken
+        assert_json_503(client.post("/v1/completions", json={}), "text", "at capacity")
+        assert client.get("/v1/health").status_code == 200  # other routes are not capped by text
+        upstream.release.set()
+        holder.join(10)
+        assert client.post("/v1/completions", json={}).status_code == 200  # the place is free again
+        stats = edge.stats()
+    assert stats["svc_text"]["limit"] == 1 and stats["svc_image"]["limit"] == 8 and stats["serve"]["limit"] == 0
+
+
+def test_a_plain_text_500_from_the_proxy_becomes_a_json_503_and_the_apps_json_passes(edge: HAProxyEdge) -> None:
+    with httpx.Client(base_url=url(edge), timeout=30) as client:
+        assert_json_503(client.get("/lost"), "lost with an ingress replica")
+        app_error = client.get("/app-error")
+    assert app_error.status_code == 500 and app_error.json()["error"]["message"] == "boom"
+
+
+def test_with_serves_proxy_down_every_request_gets_a_json_503(upstream: StubProxy) -> None:
+    edge = HAProxyEdge(EdgeConfig(port=free_port(), retry_after_s=2), ("127.0.0.1", free_port()))  # no one there
+    edge.start()
+    try:
+        with httpx.Client(base_url=url(edge), timeout=30) as client:
+            assert_json_503(client.post("/v1/completions", json={}), "text")
+            assert_json_503(client.get("/v1/health"))
+    finally:
+        edge.stop()
+
+
+def test_the_edge_listens_on_its_loopback_address_only_and_stops_with_its_owner(edge: HAProxyEdge) -> None:
+    process = psutil.Process(edge.process.pid)
+    listening = {(c.laddr.ip, c.laddr.port) for c in process.net_connections("inet") if c.status == "LISTEN"}
+    assert listening == {("127.0.0.1", edge.config.port)}  # no stats page, no metrics port, no replica ports
+    assert oct(os.stat(edge.folder / "admin.sock").st_mode & 0o777) == "0o600"  # the admin socket: its owner's
+    edge.stop()
+    assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    assert not edge.listening()
+
+
+def test_haproxy_dies_with_the_process_that_started_it(upstream: StubProxy) -> None:
+    """A replica killed outright (no destructor runs) must not leave HAProxy holding the port."""
+    port = free_port()
+    script = "\n".join(
+        [
+            "import time",
+            "from edge.haproxy import EdgeConfig, HAProxyEdge",
+            f"edge = HAProxyEdge(EdgeConfig(port={port}), {tuple(upstream.server_address[:2])!r})",
+            "edge.start()",
+            "print(edge.process.pid, flush=True)",
+            "time.sleep(60)",
+        ]
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid = int(owner.stdout.readline())
+    assert psutil.pid_exists(pid)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "HAProxy outlived the process that started it"
+        time.sleep(0.05)
+    with httpx.Client(timeout=2) as client, pytest.raises(httpx.ConnectError):
+        client.get(f"http://127.0.0.1:{port}/")
+
+
+def test_an_unknown_config_field_is_refused() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        EdgeConfig.model_validate({"port": 8000, "stats_port": 8404})
+    assert EdgeConfig().host == "127.0.0.1"  # the default opens nothing beyond this machine
