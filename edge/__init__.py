@@ -5,6 +5,8 @@
 - ``routes``: the content, health, recommendation and studio routes; ``openai``: the OpenAI-compatible protocol
   and its serving modules (chat, completions, Responses, embeddings, images and speech, models).
 - ``dependencies``: what routes share (the ingress, the caller, error responses), so no route imports the app.
+- ``haproxy``: the C edge in front of Serve's proxy (caps per service, refusals in JSON); ``deployment`` holds its
+  Serve wiring too.
 - ``access``, ``rate_limits``, ``admission``: API keys and roles, rate limits and quotas, refusing early.
 - ``experiments``: A/B assignment and statistics; ``response_store``: stored responses (``store: true``).
 """
