@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +78,54 @@ def _progress(state: dict[str, str], tokens: int) -> Table:
     return table
 
 
+class _Resend(Exception):
+    """The server refused for now, or the connection went before any event: send the same request again."""
+
+    def __init__(self, message: str, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = min(max(wait_s, 0.5), 30.0)
+
+
+RESEND_STATUSES = (409, 429, 502, 503, 504)
+
+
+def _follow(client: httpx.Client, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any] | None:
+    """One streamed content request with live progress; its final record (None if the stream ended without)."""
+    state = dict.fromkeys(STAGES, "waiting")
+    state["article"] = "running"
+    tokens = 0
+    record: dict[str, Any] | None = None
+    seen = False
+    try:
+        with client.stream("POST", "/v1/content", json=body, headers=headers) as response:
+            if response.status_code in RESEND_STATUSES and "retry-after" in response.headers:
+                response.read()
+                raise _Resend(f"{response.status_code} from the server", float(response.headers["retry-after"]))
+            if response.status_code >= 400:
+                response.read()
+                _check(response)
+            with Live(_progress(state, tokens), console=errors, transient=False) as live:
+                for event, data in _sse(response):
+                    seen = True
+                    if event == "token":
+                        tokens += 1
+                    elif event == "article":
+                        state["article"] = "done"
+                        state.update({s: "running" for s in STAGES[1:]})
+                    elif event in STAGES:
+                        state[event] = "done" if data.get("ok") else "failed"
+                    elif event in ("complete", "failed"):
+                        record = data
+                        if event == "failed":
+                            state["article"] = "failed" if not data.get("article") else state["article"]
+                    live.update(_progress(state, tokens))
+    except httpx.TransportError as exc:
+        if seen:
+            raise
+        raise _Resend(f"connection lost ({type(exc).__name__})", 1.0) from exc
+    return record
+
+
 @app.command()
 def create(
     topic: Annotated[str, typer.Argument(help="What the content is about.")],
@@ -87,39 +136,30 @@ def create(
     style: Annotated[str | None, typer.Option(help="e.g. playful, news.")] = None,
     length: Annotated[str, typer.Option(help="short, medium or long.")] = "short",
     seed: Annotated[int | None, typer.Option(help="Same seed, same content.")] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, max=20, help="Resends of a refusal for now.")] = 3,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
-    """Run the content pipeline with live progress and write its four files."""
+    """Run the content pipeline with live progress and write its four files. A refusal that says when to come
+    back (503, 429, 409 with Retry-After) or a connection lost before the first event is resent, up to
+    ``--retries`` times, under the same Idempotency-Key: never a second content."""
     body: dict[str, Any] = {"topic": topic, "length": length, "stream": True}
     body.update({k: v for k, v in {"user_id": user, "style": style, "seed": seed}.items() if v is not None})
-    state = dict.fromkeys(STAGES, "waiting")
-    state["article"] = "running"
-    tokens = 0
+    headers = {"Idempotency-Key": f"cli-{uuid.uuid4().hex}"}
     record: dict[str, Any] | None = None
     started = time.monotonic()
     with _client(url, api_key) as client:
-        try:
-            with client.stream("POST", "/v1/content", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _check(response)
-                with Live(_progress(state, tokens), console=errors, transient=False) as live:
-                    for event, data in _sse(response):
-                        if event == "token":
-                            tokens += 1
-                        elif event == "article":
-                            state["article"] = "done"
-                            state.update({s: "running" for s in STAGES[1:]})
-                        elif event in STAGES:
-                            state[event] = "done" if data.get("ok") else "failed"
-                        elif event in ("complete", "failed"):
-                            record = data
-                            if event == "failed":
-                                state["article"] = "failed" if not data.get("article") else state["article"]
-                        live.update(_progress(state, tokens))
-        except httpx.HTTPError as exc:
-            _fail(f"cannot reach {url}: {exc}")
+        for attempt in range(retries + 1):
+            try:
+                record = _follow(client, body, headers)
+                break
+            except _Resend as resend:
+                if attempt == retries:
+                    _fail(f"{resend} (after {retries} resends)")
+                errors.print(f"[yellow]{resend}: resending in {resend.wait_s:.0f}s[/]")
+                time.sleep(resend.wait_s)
+            except httpx.HTTPError as exc:
+                _fail(f"cannot reach {url}: {exc}")
         if record is None:
             _fail("the server ended the stream without a result")
         if record.get("status") == "failed" or not record.get("article"):
