@@ -1,7 +1,8 @@
 """The web studio in headless Chromium (Debian's, driven by Playwright), the whole path a person takes: create
-content (tokens before the image), find it in the library, open it, play its audio, like a related item, watch
-the feed change after a retrain, open the operations view; axe-core (from the npm registry) on every view, the
-tabs by keyboard alone. With UPDATE_SCREENSHOTS=1 the views' screenshots are written to docs/."""
+content (resent under its Idempotency-Key after a 503; tokens before the image), find it in the library, open
+it, play its audio, like a related item, watch the feed change after a retrain, open the operations view;
+axe-core (from the npm registry) on every view, the tabs by keyboard alone. With UPDATE_SCREENSHOTS=1 the views'
+screenshots are written to docs/."""
 
 from __future__ import annotations
 
@@ -54,10 +55,25 @@ def test_the_studio_from_creating_to_operations(base_url: str, tmp_path: Path) -
         page.goto(base_url)
         page.get_by_label("Your user id").fill("browser-user")
 
-        # Create: the article streams in before the image exists; every stage says how it went.
+        # Create: the article streams in before the image exists; every stage says how it went. The first send is
+        # refused for now (503 + Retry-After, as the edge answers a burst): the studio resends it under its key.
+        keys: list[str] = []
+
+        def busy_once(route) -> None:
+            keys.append(route.request.headers.get("idempotency-key", ""))
+            if len(keys) > 1:
+                return route.continue_()
+            error = {"message": "text is at capacity", "type": "service_unavailable", "param": None, "code": None}
+            route.fulfill(status=503, headers={"Retry-After": "1"}, json={"error": error})
+
+        page.route(
+            "**/v1/content", lambda route: busy_once(route) if route.request.method == "POST" else route.continue_()
+        )
         page.get_by_label("Topic").fill("a short story about lighthouses")
         page.get_by_role("button", name="Create").click()
         expect(page.locator("body")).to_have_attribute("data-status", "complete", timeout=120_000)
+        assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("studio-")
+        page.unroute("**/v1/content")
         first_token = int(page.locator("body").get_attribute("data-first-token"))
         image_at = int(page.locator("body").get_attribute("data-image-at"))
         assert first_token < image_at  # tokens appeared before the image
