@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field
 from ray import serve
@@ -26,6 +28,7 @@ from deployments.telemetry import telemetry
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech
 AudioFormat = Literal["wav", "flac", "pcm"]
 _SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "pcm": ("RAW", "PCM_16")}
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm"}
 
 
 class VoiceConfig(ServiceConfig):
@@ -60,6 +63,43 @@ class VoiceOptions(StrictModel):
 class VoiceRequest(VoiceOptions):
     model: str | None = Field(None, max_length=256, description="Model asked for; must be the one served.")
     input: str = Field(min_length=1, max_length=100_000, description="Text to speak.")
+
+
+class SpeechStart(StrictModel):
+    """The first item of a speech stream, sent once the request is known good: what the chunks that follow are
+    (16-bit little-endian mono PCM at ``sample_rate``, one per sentence, the pause before it included)."""
+
+    sample_rate: int
+    sentences: int
+    input_tokens: int  # the voice model's own tokenizer ids for the text spoken
+    voice: str | None
+    model: str
+
+
+class SpeechDone(StrictModel):
+    """The last item of a speech stream."""
+
+    duration_s: float
+    sentences: int
+    model: str
+
+
+class _Speech(NamedTuple):
+    """A request made ready to speak: its sentences, whom and in what language, its seed."""
+
+    sentences: list[str]
+    tokens: int
+    speaker: str | None
+    language: str | None
+    seed: int | None
+
+
+def to_pcm16(audio: Any) -> Any:
+    """Float samples to 16-bit PCM, the one conversion every format and stream uses (so a stream's chunks, joined,
+    equal the whole file's samples)."""
+    import numpy as np
+
+    return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
 class VoiceResult(StrictModel):
@@ -166,56 +206,67 @@ class VoiceSynthesizer:
             raise InvalidRequest.for_field("language", f"unknown language {name!r}; choose one of: {self.languages}")
         return name
 
-    def _speakable(self, sentence: str) -> str | None:
-        """The sentence as the model can say it, from one pass of its tokenizer: None when only pauses and
-        punctuation would remain; a one-symbol sentence (a lone "I" or "a", on which VITS fails) gets a full
-        stop."""
+    def _speakable(self, sentence: str) -> tuple[str, int] | None:
+        """The sentence as the model can say it and its token count, from one pass of its tokenizer: None when
+        only pauses and punctuation would remain; a one-symbol sentence (a lone "I" or "a", on which VITS fails)
+        gets a full stop."""
         tokenizer = getattr(self.tts.synthesizer.tts_model, "tokenizer", None)
         if tokenizer is None:
-            return sentence
+            return sentence, len(sentence)
         ids = tokenizer.text_to_ids(sentence)
         chars = tokenizer.characters
         silent = set(chars.punctuations) | {chars.pad, chars.blank, chars.bos, chars.eos} | set(" \t")
         if not any(chars.id_to_char(i) not in silent for i in ids):
             return None
-        return sentence + "." if len(ids) < 2 else sentence
+        return (sentence + ".", len(ids) + 1) if len(ids) < 2 else (sentence, len(ids))
 
-    def synthesize(self, request: VoiceRequest) -> VoiceResult:
-        import numpy as np
-        import soundfile as sf
-        import torch
-
+    def prepare(self, request: VoiceRequest) -> _Speech:
+        """Check the request and cut it into sentences (a 4xx names the field before any audio is made)."""
         cfg = self.config
         cfg.check_model(request.model)
         if len(request.input) > cfg.max_input_chars:
             raise InvalidRequest.for_field("input", f"must be at most {cfg.max_input_chars} characters")
         speaker, language = self._speaker(request.voice), self._language(request.language)
-        spoken = (self._speakable(s) for s in split_sentences(request.input, cfg.max_sentence_chars))
-        sentences = [s for s in spoken if s is not None]
-        if not sentences:
+        spoken = [s for s in map(self._speakable, split_sentences(request.input, cfg.max_sentence_chars)) if s]
+        if not spoken:
             raise InvalidRequest.for_field("input", "has nothing this voice can pronounce")
-        pause = np.zeros(int(cfg.sentence_pause_s * self.sample_rate), dtype=np.float32)
-        chunks: list[np.ndarray] = []
+        tokens = sum(n for _, n in spoken)
+        return _Speech([s for s, _ in spoken], tokens, speaker, language, request.seed)
+
+    def render(self, speech: _Speech, index: int) -> Any:
+        """Sentence ``index`` as 16-bit PCM, the pause before it included (none before the first). Seeded per
+        sentence (from the request's seed and the index), so sentences render alike alone or in a stream."""
+        import numpy as np
+        import torch
+
         with self._lock, torch.inference_mode():
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
-            for i, sentence in enumerate(sentences):
-                wav = self.tts.tts(sentence, speaker=speaker, language=language, split_sentences=False)
-                if i:
-                    chunks.append(pause)
-                chunks.append(np.asarray(wav, dtype=np.float32))
-        audio = np.clip(np.concatenate(chunks), -1.0, 1.0)
+            if speech.seed is not None:
+                torch.manual_seed((speech.seed * 1_000_003 + index) % 2**63)
+            wav = self.tts.tts(
+                speech.sentences[index], speaker=speech.speaker, language=speech.language, split_sentences=False
+            )
+        audio = np.asarray(wav, dtype=np.float32)
+        if index:
+            audio = np.concatenate([np.zeros(int(self.config.sentence_pause_s * self.sample_rate), np.float32), audio])
+        return to_pcm16(audio)
+
+    def synthesize(self, request: VoiceRequest) -> VoiceResult:
+        import numpy as np
+        import soundfile as sf
+
+        speech = self.prepare(request)
+        samples = np.concatenate([self.render(speech, i) for i in range(len(speech.sentences))])
         fmt, subtype = _SOUNDFILE_FORMATS[request.response_format]
         buf = io.BytesIO()
-        sf.write(buf, audio, self.sample_rate, format=fmt, subtype=subtype)
+        sf.write(buf, samples, self.sample_rate, format=fmt, subtype=subtype)
         return VoiceResult(
             audio=buf.getvalue(),
-            media_type={"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm"}[request.response_format],
+            media_type=MEDIA_TYPES[request.response_format],
             sample_rate=self.sample_rate,
-            duration_s=round(len(audio) / self.sample_rate, 3),
-            sentences=len(sentences),
-            voice=speaker,
-            model=cfg.name,
+            duration_s=round(len(samples) / self.sample_rate, 3),
+            sentences=len(speech.sentences),
+            voice=speech.speaker,
+            model=self.config.name,
         )
 
 
@@ -228,11 +279,36 @@ class VoiceDeployment(ModelReplica[VoiceConfig, VoiceSynthesizer]):
         return VoiceSynthesizer(config)
 
     def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
-        if isinstance(result, VoiceResult):
+        if isinstance(result, VoiceResult | SpeechDone):
             telemetry.count("content_studio_audio_seconds_synthesized", result.duration_s, model=result.model)
 
     async def synthesize(self, request: VoiceRequest) -> VoiceResult:
         return await self.run(self.model.synthesize, request)
+
+    async def synthesize_stream(self, request: VoiceRequest) -> AsyncIterator[SpeechStart | bytes | SpeechDone]:
+        """The audio sentence by sentence as it is made: ``SpeechStart``, PCM chunks, ``SpeechDone``. A consumer
+        that leaves stops it before the next sentence."""
+        model = self.model
+
+        async def items() -> AsyncIterator[SpeechStart | bytes | SpeechDone]:
+            speech = await asyncio.to_thread(model.prepare, request)
+            yield SpeechStart(
+                sample_rate=model.sample_rate,
+                sentences=len(speech.sentences),
+                input_tokens=speech.tokens,
+                voice=speech.speaker,
+                model=model.config.name,
+            )
+            samples = 0
+            for index in range(len(speech.sentences)):
+                pcm = await asyncio.to_thread(model.render, speech, index)
+                samples += len(pcm)
+                yield pcm.tobytes()
+            duration = round(samples / model.sample_rate, 3)
+            yield SpeechDone(duration_s=duration, sentences=len(speech.sentences), model=model.config.name)
+
+        async for item in self.measure_stream("synthesize_stream", (request,), items, SpeechDone):
+            yield item
 
     async def narrate(self, narrative: Narrative, options: VoiceOptions) -> VoiceResult:
         """Read a titled text aloud (the content pipeline passes the text service's response straight in)."""

@@ -739,7 +739,12 @@ class SpeechRequest(OpenAIModel):
     response_format: AudioFormat | None = Field(None, description="wav (default here), flac, or raw 16-bit pcm.")
     speed: float | None = Field(None, ge=1.0, le=1.0, description="Only 1.0 is supported.")
     instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored.")
-    stream_format: Literal["audio"] | None = Field(None, description="The whole file in one response.")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None,
+        description="Left out: the whole file in one response. `audio`: the audio as it is made, sentence by "
+        "sentence (pcm and wav; flac comes whole: its pieces do not join). `sse`: `speech.audio.delta` events "
+        "with base64 audio, then `speech.audio.done` (pcm and wav).",
+    )
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     user: str | None = Field(None, max_length=256, description="End-user id: sticky experiment assignment.")
 

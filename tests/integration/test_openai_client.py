@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import struct
 
 import openai
 import pytest
@@ -58,6 +60,42 @@ def test_speech_is_wav(oai: openai.OpenAI) -> None:
     audio = oai.audio.speech.create(model="tiny-vits", voice="alloy", input="Welcome aboard.", response_format="wav")
     data, rate = sf.read(io.BytesIO(audio.content))
     assert rate == 16000 and len(data) > 0
+
+
+SPOKEN = "The sea was calm. The sky was grey! Was it raining? The boats came home."
+
+
+def speech_events(raw: bytes) -> list[dict]:
+    """The client hands back the raw event stream (it has no typed speech events): parse it."""
+    return [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+
+
+def test_speech_streams_as_it_is_made_and_joins_into_the_whole_files_samples(oai: openai.OpenAI) -> None:
+    """`stream_format`: `sse` (speech.audio.delta events, then speech.audio.done) and `audio` (raw bytes, a WAV
+    header of unknown length first for wav); the chunks joined are the whole file's samples, for the same seed."""
+    common = {"model": "tiny-vits", "voice": "ana", "input": SPOKEN, "extra_body": {"seed": 11}}
+    whole = oai.audio.speech.create(response_format="pcm", **common).content
+    with oai.audio.speech.with_streaming_response.create(response_format="pcm", stream_format="sse", **common) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = speech_events(r.read())
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    assert len(deltas) == 4 and events[-1]["type"] == "speech.audio.done"  # a delta per sentence
+    assert events[-1]["usage"]["input_tokens"] > 0
+    assert b"".join(base64.b64decode(e["audio"]) for e in deltas) == whole
+    with oai.audio.speech.with_streaming_response.create(response_format="pcm", stream_format="audio", **common) as r:
+        assert b"".join(r.iter_bytes()) == whole
+    with oai.audio.speech.with_streaming_response.create(response_format="wav", stream_format="audio", **common) as r:
+        wav = r.read()
+    assert wav[:4] == b"RIFF" and wav[8:16] == b"WAVEfmt " and wav[36:40] == b"data" and wav[44:] == whole
+    assert struct.unpack("<I", wav[24:28])[0] == 16000  # the sample rate
+
+
+def test_flac_does_not_stream_as_events(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.audio.speech.create(
+            model="tiny-vits", voice="ana", input="Hello.", response_format="flac", extra_body={"stream_format": "sse"}
+        )
+    assert err.value.body["param"] == "stream_format"
 
 
 def test_bad_request_raises_a_client_error(oai: openai.OpenAI) -> None:

@@ -95,3 +95,17 @@ def test_split_sentences_bounds_every_piece() -> None:
 def test_one_letter_sentences_are_spoken(synth: VoiceSynthesizer, text: str) -> None:
     # Found by the schemathesis run: Coqui's VITS fails on a one-symbol input.
     assert synth.synthesize(VoiceRequest(input=text, seed=0)).duration_s > 0
+
+
+def test_sentences_rendered_one_by_one_join_into_the_whole_files_samples(synth: VoiceSynthesizer) -> None:
+    """What a stream sends (each sentence as PCM, the pause before it included) joins into exactly the samples of
+    the whole file, as each sentence is seeded from the request's seed and its index."""
+    request = VoiceRequest(input="The sea was calm. The sky was grey! Was it raining?", seed=7, response_format="pcm")
+    speech = synth.prepare(request)
+    pieces = [synth.render(speech, i).tobytes() for i in range(3)]
+    assert b"".join(pieces) == synth.synthesize(request).audio
+    backwards = [synth.render(speech, i).tobytes() for i in reversed(range(3))]  # no sentence depends on another
+    assert backwards[::-1] == pieces
+    wav = synth.synthesize(request.model_copy(update={"response_format": "wav"})).audio
+    assert sf.read(io.BytesIO(wav), dtype="int16")[0].tobytes() == b"".join(pieces)
+    assert speech.tokens > 0 and len(speech.sentences) == 3
