@@ -219,10 +219,20 @@ def read_guidellm(path: Path) -> dict[str, Any]:
         value = entry.get(field) if isinstance(entry, dict) else None
         return float(value) if isinstance(value, int | float) else None
 
+    # What guidellm actually sent: 0.8.1's poisson profile (10 worker processes here) sends requests ahead of
+    # their targeted times, so the load offered can be several times the rate asked (docs/benchmarks.md).
+    requests = bench.get("requests", {})
+    sent = [
+        r for kind in ("successful", "errored", "incomplete") for r in requests.get(kind, []) if isinstance(r, dict)
+    ]
+    started = sum(1 for r in sent if (r.get("info") or {}).get("timings", {}).get("request_start"))
+    duration = bench.get("duration") or 0
     return {
         "successful": totals.get("successful"),
         "errored": totals.get("errored"),
         "incomplete": totals.get("incomplete"),
+        "requests_sent": started,
+        "offered_requests_per_s": started / duration if duration else None,
         "output_tokens_per_s": stat("output_tokens_per_second", "mean"),
         "ttft_p50_ms": stat("time_to_first_token_ms"),
         "itl_p50_ms": stat("inter_token_latency_ms"),

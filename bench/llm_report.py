@@ -117,6 +117,7 @@ def markdown(r: dict[str, Any]) -> str:
             )
         )
         rows.append((f"guidellm {kind}: output tokens/s, TTFT p50 (ms)", _g(gc), _g(gs), "{}"))
+        rows.append((f"guidellm {kind}: requests sent / offered req/s", _sent(gc), _sent(gs), "{}"))
     lines = [f"| measurement (profile: {r['profile']}) | continuous | static |", "|---|---|---|"]
     for label, a, b, fmt in rows:
         cells = ["-" if v is None else (fmt.format(v) if fmt != "{}" else str(v)) for v in (a, b)]
@@ -125,6 +126,12 @@ def markdown(r: dict[str, Any]) -> str:
     for name, t in r["targets"].items():
         lines.append(f"- llm: {'pass' if t['pass'] else 'MISS'}: {name} (measured {t['value']})")
     return "\n".join(lines) + "\n"
+
+
+def _sent(g: dict[str, Any]) -> str:
+    """What guidellm sent, against what it was asked (its poisson profile may send far more: docs/benchmarks.md)."""
+    rate = g.get("offered_requests_per_s")
+    return f"{g.get('requests_sent')} / {rate:.2f}" if isinstance(rate, int | float) else "-"
 
 
 def _g(g: dict[str, Any]) -> str:
