@@ -81,9 +81,10 @@ def _progress(state: dict[str, str], tokens: int) -> Table:
 class _Resend(Exception):
     """The server refused for now, or the connection went before any event: send the same request again."""
 
-    def __init__(self, message: str, wait_s: float) -> None:
+    def __init__(self, message: str, wait_s: float, reached: bool = True) -> None:
         super().__init__(message)
         self.wait_s = min(max(wait_s, 0.5), 30.0)
+        self.reached = reached  # False: no answer at all (nothing listening, or the connection dropped)
 
 
 RESEND_STATUSES = (409, 429, 502, 503, 504)
@@ -122,7 +123,7 @@ def _follow(client: httpx.Client, body: dict[str, Any], headers: dict[str, str])
     except httpx.TransportError as exc:
         if seen:
             raise
-        raise _Resend(f"connection lost ({type(exc).__name__})", 1.0) from exc
+        raise _Resend(f"connection lost ({type(exc).__name__})", 1.0, reached=False) from exc
     return record
 
 
@@ -155,7 +156,7 @@ def create(
                 break
             except _Resend as resend:
                 if attempt == retries:
-                    _fail(f"{resend} (after {retries} resends)")
+                    _fail(f"{'' if resend.reached else f'cannot reach {url}: '}{resend} (after {retries} resends)")
                 errors.print(f"[yellow]{resend}: resending in {resend.wait_s:.0f}s[/]")
                 time.sleep(resend.wait_s)
             except httpx.HTTPError as exc:

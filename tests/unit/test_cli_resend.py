@@ -82,3 +82,15 @@ def test_a_refusal_without_retry_after_is_not_resent(monkeypatch, tmp_path: Path
     result, seen = run(monkeypatch, [httpx.Response(400, json=bad)], tmp_path / "out")
     assert result.exit_code == 1 and len(seen) == 1 and waits == []
     assert "topic: too long" in result.output
+
+
+def test_a_server_that_never_answers_is_resent_then_reported_unreachable(monkeypatch, tmp_path, waits) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    monkeypatch.setattr(
+        cli, "_client", lambda url, key, timeout=600: httpx.Client(base_url=url, transport=httpx.MockTransport(refuse))
+    )
+    result = CliRunner().invoke(cli.app, ["create", "tides", "--out", str(tmp_path / "out"), "--retries", "1"])
+    assert result.exit_code == 1 and waits == [1.0]
+    assert "cannot reach http://127.0.0.1:8000" in result.output and not (tmp_path / "out").exists()
