@@ -144,8 +144,16 @@ def test_a_model_update_under_load_loses_no_request(
     version2 = project_root / ".cache" / "models" / "tiny" / "text-b"
     before = client.get("/v1/health").json()["services"]
     # The prompt's own log probabilities (echo, no new tokens) tell the weights apart even where both versions
-    # would write the same words.
-    prompt = {"prompt": "Once upon a time", "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+    # would write the same words. The model is named: a request naming none is split by the A/B experiment, and
+    # its candidate (text-b) already serves version 2's weights.
+    prompt = {
+        "model": "tiny-gpt2",
+        "prompt": "Once upon a time",
+        "max_tokens": 1,
+        "temperature": 0,
+        "echo": True,
+        "logprobs": 1,
+    }
 
     def scored() -> list[float]:
         logprobs = client.post("/v1/completions", json=prompt).json()["choices"][0]["logprobs"]["token_logprobs"]
