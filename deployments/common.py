@@ -101,13 +101,24 @@ class StrictModel(JsonTyped, BaseModel):
 class FaultInjection(StrictModel):
     """Deliberate failures, for resilience tests and game days (like a service mesh's fault injection).
 
-    Off by default. ``error_rate`` and ``delay_s`` apply to requests only, not to health checks, so a faulty
-    replica stays in service; ``fail_health_checks`` makes the replica look sick to Serve instead.
+    Off by default. ``error_rate``, ``delay_s``, ``stream_delay_s`` and ``fail_after`` apply to requests only,
+    not to health checks, so a faulty replica stays in service; ``fail_health_checks`` makes the replica look
+    sick to Serve instead.
     """
 
     error_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests that fail with InjectedFault.")
     delay_s: float = Field(0.0, ge=0.0, le=600.0, description="Added latency before every request.")
+    stream_delay_s: float = Field(
+        0.0, ge=0.0, le=10.0, description="Added latency after each item of a streamed answer (a slower model)."
+    )
     fail_health_checks: bool = Field(False, description="Health checks fail, so Serve replaces the replica.")
+    fail_after: int | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Requests after the first this many (counted by each replica from the moment this config "
+        "was applied) fail with InjectedFault: a service that breaks half-way, reproducibly.",
+    )
 
 
 class InjectedFault(RuntimeError):

@@ -64,6 +64,8 @@ class ModelReplica(Generic[ConfigT, ModelT]):
         self._model: ModelT | None = model
         self._loaded_at: float | None = time.time() if model is not None else None
         self._reloads = 0
+        self._served = 0  # requests since the config was last applied (for ``faults.fail_after``)
+        self._outcomes: dict[str, dict[str, int]] = {}  # method -> outcome -> requests, since the replica started
         if model is None and config is not None:
             self._install(self.load_model(self.config_cls.model_validate(config)))
         if self._model is not None:
@@ -80,6 +82,7 @@ class ModelReplica(Generic[ConfigT, ModelT]):
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = self.config_cls.model_validate(user_config)
         self.configured(config)
+        self._served = 0
         current = self._model
         if current is not None and not self._needs_reload(current.config, config):
             await asyncio.to_thread(current.apply_config, config)  # may restart background work; keep serving
@@ -120,11 +123,14 @@ class ModelReplica(Generic[ConfigT, ModelT]):
         outcome = "error"
         try:
             await self.inject_faults()
+            pause = self.model.config.faults.stream_delay_s
             async for item in items():
                 if isinstance(item, final):
                     outcome = "ok"
                     self._observe(method, args, item, time.perf_counter() - started)
                 yield item
+                if pause and not isinstance(item, final):
+                    await asyncio.sleep(pause)
         except ServiceError as exc:
             outcome = "client_error" if exc.status < 500 else "error"
             raise
@@ -141,6 +147,8 @@ class ModelReplica(Generic[ConfigT, ModelT]):
             logger.warning("recording metrics for %s.%s failed", self.service, method, exc_info=True)
 
     def _count(self, method: str, outcome: str, seconds: float) -> None:
+        by_outcome = self._outcomes.setdefault(method, {})
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
         telemetry.count("content_studio_requests", service=self.service, method=method, outcome=outcome)
         telemetry.observe("content_studio_request_seconds", seconds, service=self.service, method=method)
 
@@ -153,6 +161,9 @@ class ModelReplica(Generic[ConfigT, ModelT]):
             await asyncio.sleep(faults.delay_s)
         if faults.error_rate and random.random() < faults.error_rate:
             raise InjectedFault(f"injected fault in the {self.service} service (faults.error_rate)")
+        self._served += 1
+        if faults.fail_after is not None and self._served > faults.fail_after:
+            raise InjectedFault(f"injected fault in the {self.service} service (faults.fail_after)")
 
     # --- shared methods -------------------------------------------------------------------------------
     @property
@@ -172,6 +183,7 @@ class ModelReplica(Generic[ConfigT, ModelT]):
             "config_version": config_version(model.config),
             "loaded_at": self._loaded_at,
             "reloads": self._reloads,
+            "requests": {method: dict(outcomes) for method, outcomes in self._outcomes.items()},
             **model.placement.as_dict(),
             **model.describe(),
         }
