@@ -102,6 +102,17 @@ def to_pcm16(audio: Any) -> Any:
     return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
+class SpeechPart(StrictModel):
+    """One part of a narration made while its text is still being written: 16-bit little-endian mono PCM, the
+    pause before it included (none before the first part). Empty when the part has nothing to pronounce."""
+
+    audio: bytes
+    sample_rate: int
+    duration_s: float
+    sentences: int
+    model: str
+
+
 class VoiceResult(StrictModel):
     audio: bytes
     media_type: str
@@ -144,6 +155,7 @@ class VoiceSynthesizer:
         self.config = config
         self.placement = resolve_placement(config.device)
         self._lock = threading.Lock()  # one synthesis at a time; seeding uses torch's global RNG
+        self.sentences_rendered = 0  # since the model loaded: what a cancelled narration no longer adds to
         if tts is None:
             from TTS.api import TTS
 
@@ -182,6 +194,7 @@ class VoiceSynthesizer:
             "speakers": self.speakers,
             "languages": self.languages,
             "voices": sorted({*self.speakers, *self.config.voice_aliases}),
+            "sentences_rendered": self.sentences_rendered,
         }
 
     def check_health(self) -> None:
@@ -220,7 +233,7 @@ class VoiceSynthesizer:
             return None
         return (sentence + ".", len(ids) + 1) if len(ids) < 2 else (sentence, len(ids))
 
-    def prepare(self, request: VoiceRequest) -> _Speech:
+    def prepare(self, request: VoiceRequest, allow_silence: bool = False) -> _Speech:
         """Check the request and cut it into sentences (a 4xx names the field before any audio is made)."""
         cfg = self.config
         cfg.check_model(request.model)
@@ -228,7 +241,7 @@ class VoiceSynthesizer:
             raise InvalidRequest.for_field("input", f"must be at most {cfg.max_input_chars} characters")
         speaker, language = self._speaker(request.voice), self._language(request.language)
         spoken = [s for s in map(self._speakable, split_sentences(request.input, cfg.max_sentence_chars)) if s]
-        if not spoken:
+        if not spoken and not allow_silence:
             raise InvalidRequest.for_field("input", "has nothing this voice can pronounce")
         tokens = sum(n for _, n in spoken)
         return _Speech([s for s, _ in spoken], tokens, speaker, language, request.seed)
@@ -245,10 +258,31 @@ class VoiceSynthesizer:
             wav = self.tts.tts(
                 speech.sentences[index], speaker=speech.speaker, language=speech.language, split_sentences=False
             )
+            self.sentences_rendered += 1
         audio = np.asarray(wav, dtype=np.float32)
         if index:
             audio = np.concatenate([np.zeros(int(self.config.sentence_pause_s * self.sample_rate), np.float32), audio])
         return to_pcm16(audio)
+
+    def narrate_part(self, text: str, options: VoiceOptions, index: int) -> SpeechPart:
+        """Part ``index`` of a narration whose text is still being written (the streamed content pipeline): seeded
+        from the options' seed and the part's index, so a seeded content sounds the same every time."""
+        import numpy as np
+
+        seed = None if options.seed is None else (options.seed * 1_000_003 + index) % (SEED_MAX + 1)
+        request = VoiceRequest(input=text, **options.model_dump(exclude={"seed", "response_format"}), seed=seed)
+        speech = self.prepare(request, allow_silence=True)
+        pcm = [self.render(speech, i) for i in range(len(speech.sentences))]
+        if index and pcm:  # the pause between this part and the one before
+            pcm.insert(0, np.zeros(int(self.config.sentence_pause_s * self.sample_rate), "<i2"))
+        samples = np.concatenate(pcm) if pcm else np.zeros(0, "<i2")
+        return SpeechPart(
+            audio=samples.tobytes(),
+            sample_rate=self.sample_rate,
+            duration_s=round(len(samples) / self.sample_rate, 3),
+            sentences=len(speech.sentences),
+            model=self.config.name,
+        )
 
     def synthesize(self, request: VoiceRequest) -> VoiceResult:
         import numpy as np
@@ -279,7 +313,7 @@ class VoiceDeployment(ModelReplica[VoiceConfig, VoiceSynthesizer]):
         return VoiceSynthesizer(config)
 
     def observe(self, method: str, args: tuple[Any, ...], result: Any, seconds: float) -> None:
-        if isinstance(result, VoiceResult | SpeechDone):
+        if isinstance(result, VoiceResult | SpeechDone | SpeechPart):
             telemetry.count("content_studio_audio_seconds_synthesized", result.duration_s, model=result.model)
 
     async def synthesize(self, request: VoiceRequest) -> VoiceResult:
@@ -315,3 +349,7 @@ class VoiceDeployment(ModelReplica[VoiceConfig, VoiceSynthesizer]):
         model = self.model
         text = narration_text(narrative, model.config.max_input_chars)
         return await self.run(model.synthesize, VoiceRequest(input=text, **options.model_dump()))
+
+    async def narrate_part(self, text: str, options: VoiceOptions, index: int) -> SpeechPart:
+        """One part (a sentence or a few) of a narration, while the rest of its text is still being written."""
+        return await self.run(self.model.narrate_part, text, options, index)
