@@ -117,6 +117,28 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Content: time to first audio and first image p50 (s)",
+        "s",
+        [
+            (
+                "histogram_quantile(0.5, sum by (le, stage) "
+                '(rate(ray_content_studio_pipeline_stage_seconds_bucket{stage=~"first_audio|first_image"}[5m])))',
+                "{{stage}}",
+            )
+        ],
+    ),
+    (
+        "Content: overlap of stages p50 (1 = one after another)",
+        "short",
+        [
+            (
+                "histogram_quantile(0.5, sum by (le, composition) "
+                "(rate(ray_content_studio_pipeline_stage_overlap_bucket[5m])))",
+                "{{composition}}",
+            )
+        ],
+    ),
+    (
         "Pipeline results / min",
         "short",
         [

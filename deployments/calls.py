@@ -35,6 +35,9 @@ async def call(send: Send, service: str, timeout: float, retries: int = 1) -> An
         remaining = deadline - time.monotonic()
         try:
             return await asyncio.wait_for(_await(response), timeout=max(remaining, 0.001))
+        except asyncio.CancelledError:  # the caller gave up (its client left): so does the replica
+            response.cancel()
+            raise
         except Exception as exc:
             if isinstance(exc, TimeoutError):
                 response.cancel()

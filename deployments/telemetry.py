@@ -59,6 +59,13 @@ SPECS: dict[str, MetricSpec] = {
         "counter", "Content pipeline requests by result (complete, partial, failed).", ("status",)
     ),
     "content_studio_pipeline_stage_errors": MetricSpec("counter", "Failed or timed-out stages.", ("stage",)),
+    "content_studio_pipeline_stage_overlap": MetricSpec(
+        "histogram",
+        "How much a content's stages ran at once: article, image and audio seconds over the seconds from the "
+        "start to the last of them (1: one after another).",
+        ("composition",),
+        (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0),
+    ),
     "content_studio_recommender_retrains": MetricSpec(
         "counter", "Recommender versions trained, by trigger (admin, after_events, interval).", ("trigger",)
     ),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from deployments.common import StrictModel
 from deployments.sql import DatabaseConfig
@@ -27,6 +29,50 @@ class RelayConfig(StrictModel):
     claim_s: float = Field(30.0, gt=0, le=3600, description="How long an entry being delivered is left to one replica.")
 
 
+class NarrationConfig(StrictModel):
+    """How the streamed composition reads the article aloud while it is written: the title first, then the body
+    in parts of whole sentences, each sent to the voice service as soon as it is complete."""
+
+    min_chars: int = Field(
+        40,
+        ge=1,
+        le=2000,
+        description="A part is sent once it ends a sentence and holds at least this many characters (shorter "
+        "sentences wait to join the next one: fewer calls, steadier prosody).",
+    )
+    max_chars: int = Field(
+        240,
+        ge=20,
+        le=2000,
+        description="A sentence still open at this many characters is cut at its last clause (or word) and sent, "
+        "so a run-on sentence never holds the voice back.",
+    )
+    in_flight: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Parts of one content at the voice service at once (their audio is still sent on in order): "
+        "more lets several voice replicas work on one content; one keeps a content from crowding others out.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NarrationConfig:
+        if self.max_chars < self.min_chars:
+            raise ValueError("max_chars must be at least min_chars")
+        return self
+
+
+class ImageStageConfig(StrictModel):
+    """When the streamed composition starts the image."""
+
+    prompt_from: Literal["first_sentence", "article"] = Field(
+        "first_sentence",
+        description="`first_sentence`: as soon as the title and the body's first sentence exist (what the image "
+        "service's illustration prompt reads: its `{title}` and `{summary}`); `article`: once the article is "
+        "complete (for a prompt template that reads more).",
+    )
+
+
 class PipelineConfig(StrictModel):
     """Configuration of the pipeline deployment (its ``user_config``)."""
 
@@ -39,6 +85,14 @@ class PipelineConfig(StrictModel):
         "data/assets", description="fsspec URL or folder for images and audio (`s3://bucket/prefix` in a cluster)."
     )
     timeouts_s: StageTimeouts = Field(default_factory=StageTimeouts)
+    composition: Literal["streamed", "sequential"] = Field(
+        "streamed",
+        description="`streamed`: the voice reads each sentence while the next is written, and the image starts "
+        "from the article's first sentence (docs/streaming.md); `sequential`: image and voice start once the whole "
+        "article exists (for comparison, and for a text service that cannot stream).",
+    )
+    narration: NarrationConfig = Field(default_factory=NarrationConfig, description="Streamed composition: the voice.")
+    image: ImageStageConfig = Field(default_factory=ImageStageConfig, description="Streamed composition: the image.")
     recommendations_k: int = Field(5, ge=1, le=100, description="Recommendations returned with each content.")
     retries: int = Field(
         3,

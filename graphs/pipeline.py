@@ -1,21 +1,22 @@
 """The content pipeline: one request writes an article, makes its image and audio, stores it, recommends more.
 
 A deployment of its own (it owns the content catalog and the asset store, and scales apart from the ingress),
-composed with the four model services by ``DeploymentHandle``s::
+composed with the four model services by ``DeploymentHandle``s, in one of two compositions (``composition`` in
+its config). ``streamed``, the default (graphs/streamed.py): the voice reads each sentence while the next is
+written and the image starts from the first sentence. ``sequential``::
 
     text.write_article ──► image.illustrate ─┐
             │          └─► voice.narrate ────┼──► store (assets, then record) ──► recommend.add_items
             └ (in parallel) recommend.recommend ┘
 
-The article's ``DeploymentResponse`` is handed straight to the image and voice calls, so they start the moment
-the article exists without the pipeline relaying it. Every stage has a timeout. Image, audio and recommendations
-are optional: when one fails or times out the record is ``partial`` and names the stage in ``errors``. Without an
-article there is nothing to build on: the request fails clearly and nothing is stored.
+where the article's ``DeploymentResponse`` is handed straight to the image and voice calls, so they start the
+moment the article exists without the pipeline relaying it. Every stage has a timeout. Image, audio and
+recommendations are optional: when one fails or times out the record is ``partial`` and names the stage in
+``errors``. Without an article there is nothing to build on: the request fails clearly and nothing is stored.
 
 Registering the content with the recommender goes through the catalog's outbox (graphs/relay.py): the record and
 its entry are written in one transaction, the pipeline delivers the entry at once, and the relay delivers
-whatever is still pending. One module past 400 lines because it is one idea: the stages of one content, in the
-order they run, each with its timeout and its failure.
+whatever is still pending.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from ray.serve.handle import DeploymentHandle
@@ -43,47 +43,26 @@ from deployments.voice import VoiceResult
 from graphs.assets import AssetStore, asset_key
 from graphs.catalog import ContentCatalog
 from graphs.config import PipelineConfig
+from graphs.making import Emit, Making, elapsed_ms
 from graphs.relay import OutboxRelay
 from graphs.schemas import (
     CONTENT_ID,
     MEDIA_STAGES,
     STAGES,
     ArticleOut,
-    ContentImageOptions,
     ContentPage,
     ContentRecord,
     ContentRequest,
-    ContentVoiceOptions,
     StageVariant,
     VariantTag,
 )
+from graphs.streamed import StreamedComposition
 
 logger = logging.getLogger("content_studio.pipeline")
-Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 async def _no_events(event: str, data: dict[str, Any]) -> None:
     return None
-
-
-@dataclass
-class Making:
-    """One content in the making: what every stage reads and adds to."""
-
-    request: ContentRequest
-    record: ContentRecord
-    emit: Emit
-    handles: dict[str, DeploymentHandle]  # stage -> the deployment that makes it (an experiment variant, or not)
-    started: float
-    article_request: ArticleRequest
-    image_options: ContentImageOptions
-    voice_options: ContentVoiceOptions
-    recommend_request: RecommendRequest
-    chained: dict[str, Any] = field(default_factory=dict)  # image and audio calls chained on the article
-    first_recommendations: Any = None
-    article: Article | None = None
-    results: dict[str, Any] = field(default_factory=dict)
-    idempotency_key: str | None = None  # ends (state done) in the transaction that stores the content
 
 
 class ContentPipeline:
@@ -202,12 +181,12 @@ class ContentPipeline:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.catalog.release_key, key)
             if isinstance(exc, ServiceError) and exc.record is not None:
-                _observe(exc.record)
+                _observe(exc.record, self.config.composition)
             raise
         finally:
             if renewal is not None:
                 renewal.cancel()
-        _observe(record)
+        _observe(record, self.config.composition)
         return record
 
     async def _renew_key(self, key: str, content_id: str) -> None:
@@ -283,8 +262,11 @@ class ContentPipeline:
         await ctx.emit("started", {"id": ctx.record.id})
         recommend = ctx.handles["recommendations"]
         ctx.first_recommendations = recommend.recommend.remote(ctx.recommend_request)  # alongside the article
-        await self._write_article(ctx)
-        await asyncio.gather(*(self._media_stage(ctx, stage) for stage in MEDIA_STAGES))
+        if self.config.composition == "streamed":
+            await StreamedComposition(self, ctx).run()
+        else:
+            await self._write_article(ctx)
+            await asyncio.gather(*(self.media_stage(ctx, stage) for stage in MEDIA_STAGES))
         owed = await self._store(ctx)
         await self._register(ctx, owed)
         return ctx.record
@@ -311,14 +293,23 @@ class ContentPipeline:
             else:
                 ctx.article = await call(start, STAGES["article"], cfg.timeouts_s.article, cfg.retries)
         except Exception as exc:
-            failure = from_exception(exc, STAGES["article"], cfg.timeouts_s.article)
             for pending in (*ctx.chained.values(), ctx.first_recommendations):
                 pending.cancel()
-            ctx.record.errors["article"] = failure.message
-            ctx.record.timings_ms["article"] = _ms(ctx.started)
-            raise failure.with_record(ctx.record) from None
+            raise self.article_failed(ctx, exc) from None
+        await self.article_written(ctx)
+
+    def article_failed(self, ctx: Making, exc: BaseException) -> ServiceError:
+        """No article: the failed record, named by the stage, to raise (nothing is stored)."""
+        failure = from_exception(exc, STAGES["article"], self.config.timeouts_s.article)
+        ctx.record.errors["article"] = failure.message
+        ctx.record.timings_ms["article"] = elapsed_ms(ctx.started)
+        return failure.with_record(ctx.record)
+
+    async def article_written(self, ctx: Making) -> None:
+        """The article is complete: into the record, and out as the `article` event at once."""
         article = ctx.article
-        ctx.record.timings_ms["article"] = _ms(ctx.started)
+        assert article is not None
+        ctx.record.timings_ms["article"] = elapsed_ms(ctx.started)
         ctx.record.article = ArticleOut(title=article.title, body=article.body)
         ctx.record.models["article"] = article.model
         await ctx.emit(
@@ -343,7 +334,7 @@ class ContentPipeline:
         return article
 
     # --- stage 2: image, audio and recommendations --------------------------------------------------------
-    async def _media_stage(self, ctx: Making, stage: str) -> None:
+    async def media_stage(self, ctx: Making, stage: str) -> None:
         """One optional stage with its own timeout (from the moment the article exists), reported as it
         finishes; a failure is named in the record's ``errors``. A resend (after a replica died) sends the
         article itself rather than the spent response."""
@@ -363,7 +354,7 @@ class ContentPipeline:
             ctx.results[stage] = await call(send, STAGES[stage], getattr(cfg.timeouts_s, stage), cfg.retries)
         except ServiceError as exc:
             ctx.record.errors[stage] = exc.message
-        ctx.record.timings_ms[stage] = _ms(stage_started)
+        ctx.record.timings_ms[stage] = elapsed_ms(stage_started)
         event: dict[str, Any] = {"ok": stage in ctx.results, "ms": ctx.record.timings_ms[stage]}
         if stage in ctx.record.errors:
             event["error"] = ctx.record.errors[stage]
@@ -410,8 +401,8 @@ class ContentPipeline:
         if self.config.register_items and ctx.article is not None:
             owed.append(("register_item", self._item(ctx).model_dump()))
         # The record as GET will answer it: the time to store it is all but the transaction itself.
-        record.timings_ms["store"] = _ms(started)
-        record.timings_ms["total"] = _ms(ctx.started)
+        record.timings_ms["store"] = elapsed_ms(started)
+        record.timings_ms["total"] = elapsed_ms(ctx.started)
         return self.catalog.add(
             record.model_dump(mode="json"), owed, claim_s=self.config.relay.claim_s, idempotency_key=ctx.idempotency_key
         )
@@ -460,13 +451,16 @@ def new_content_id() -> str:
     return "c" + uuid.uuid4().hex
 
 
-def _observe(record: ContentRecord) -> None:
+def _observe(record: ContentRecord, composition: str) -> None:
+    """The record's outcome, every timing it holds (``first_audio`` and ``first_image`` among them, from the
+    start), and how much its stages overlapped."""
     telemetry.count("content_studio_pipeline_results", status=record.status)
-    for stage, ms in record.timings_ms.items():
+    timings = record.timings_ms
+    for stage, ms in timings.items():
         telemetry.observe("content_studio_pipeline_stage_seconds", ms / 1000, stage=stage)
     for stage in record.errors:
         telemetry.count("content_studio_pipeline_stage_errors", stage=stage)
-
-
-def _ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 1)
+    wall = timings.get("total", 0.0) - timings.get("store", 0.0)  # from the start to the last stage's end
+    if wall > 0 and "article" in timings:
+        busy = sum(timings.get(stage, 0.0) for stage in ("article", "image", "audio"))
+        telemetry.observe("content_studio_pipeline_stage_overlap", busy / wall, composition=composition)

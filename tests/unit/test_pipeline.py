@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import time
@@ -110,8 +111,8 @@ def test_without_an_article_the_request_fails_and_nothing_is_stored(replicas, tm
     assert pipeline.page(10, 0).total == 0
 
 
-def test_stream_sends_tokens_before_the_media_and_the_record_last(replicas, tmp_path) -> None:
-    pipeline = make_pipeline(replicas, tmp_path)
+def test_sequential_stream_sends_tokens_before_the_media_and_the_record_last(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path, composition="sequential")
 
     async def collect():
         return [event async for event in pipeline.create_stream(ContentRequest(topic="stars", seed=2, stream=True))]
@@ -128,6 +129,105 @@ def test_stream_sends_tokens_before_the_media_and_the_record_last(replicas, tmp_
     assert events[-1]["data"]["status"] == "complete"
     streamed = run(pipeline.create(ContentRequest(topic="stars", seed=2)))
     assert streamed.article.body == article["body"]  # streaming and not streaming write the same article
+    assert "audio_chunk" not in names  # the sequential composition sends the audio whole, once stored
+
+
+def collect(pipeline: ContentPipeline, request: ContentRequest) -> list[dict]:
+    async def events() -> list[dict]:
+        return [event async for event in pipeline.create_stream(request)]
+
+    return run(events())
+
+
+def pcm_of(events: list[dict]) -> bytes:
+    return b"".join(base64.b64decode(e["data"]["audio"]) for e in events if e["event"] == "audio_chunk")
+
+
+def test_streamed_audio_comes_before_the_article_is_complete_and_is_what_is_stored(replicas, tmp_path) -> None:
+    # The text service writes at a production model's pace (the tiny model writes a whole article in less time
+    # than the voice takes to say its title), so the order of events says what it should.
+    faults = {"text": {"stream_delay_s": 0.03}}
+    pipeline = make_pipeline(replicas, tmp_path, faults=faults)  # streamed is the default composition
+    events = collect(pipeline, ContentRequest(topic="lighthouses", seed=3, stream=True))
+    names = [e["event"] for e in events]
+    assert names[0] == "started" and names[-1] == "complete"
+    assert names.index("audio_chunk") < names.index("article")  # the voice speaks while the article is written
+    chunks = [e["data"] for e in events if e["event"] == "audio_chunk"]
+    assert len(chunks) >= 3 and [c["index"] for c in chunks] == list(range(len(chunks)))
+    assert {(c["format"], c["sample_rate"]) for c in chunks} == {("pcm", 16000)}
+    record = events[-1]["data"]
+    assert record["status"] == "complete" and set(record["timings_ms"]) >= {"first_audio", "first_image", "audio"}
+    stored, rate = sf.read(io.BytesIO(pipeline.asset(record["id"], "audio")), dtype="int16")
+    assert rate == 16000 and stored.tobytes() == pcm_of(events)  # the stored samples are the chunks joined
+    assert record["audio_duration_s"] == pytest.approx(sum(c["duration_s"] for c in chunks), abs=1e-3)
+    # The title is read first, then the body: the text the client saw, sentence by sentence.
+    again = collect(pipeline, ContentRequest(topic="lighthouses", seed=3, stream=True))
+    assert pcm_of(again) == pcm_of(events)  # a seeded content sounds the same every time
+
+
+def test_streamed_and_sequential_compose_the_same_article_and_image(replicas, tmp_path) -> None:
+    request = ContentRequest(topic="harbours", seed=11)
+    streamed = make_pipeline(replicas, tmp_path / "s")
+    sequential = make_pipeline(replicas, tmp_path / "q", composition="sequential")
+    a, b = run(streamed.create(request)), run(sequential.create(request))
+    assert a.status == b.status == "complete" and a.article == b.article
+    assert a.image_prompt == b.image_prompt  # the image's prompt reads only the title and the first sentence
+    assert streamed.asset(a.id, "image") == sequential.asset(b.id, "image")
+    assert a.audio_duration_s and b.audio_duration_s
+
+
+def test_a_voice_failing_mid_article_leaves_a_partial_record_saying_how_far(replicas, tmp_path) -> None:
+    pipeline = make_pipeline(replicas, tmp_path, faults={"voice": {"fail_after": 2}})
+    events = collect(pipeline, ContentRequest(topic="storms", seed=4, stream=True))
+    record = events[-1]["data"]
+    assert record["status"] == "partial" and set(record["errors"]) == {"audio"}
+    assert "fail_after" in record["errors"]["audio"]
+    assert "the audio stopped after 2 of" in record["errors"]["audio"]
+    assert len([e for e in events if e["event"] == "audio_chunk"]) == 2  # what was made went out
+    assert record["audio_url"] is None and pipeline.asset(record["id"], "audio") is None  # not stored as whole
+    assert record["image_url"] and record["article"]["body"]
+    assert pipeline.get(record["id"]).status == "partial"
+
+
+def test_a_client_that_leaves_stops_every_stage(replicas, tmp_path) -> None:
+    """Leaving after the first audio: the text engine frees the sequence, no further part goes to the voice
+    service, and the image (asked for only once the article is complete) is never made."""
+    faults = {"text": {"stream_delay_s": 0.03}}  # a production model's pace: the client leaves mid-article
+    pipeline = make_pipeline(replicas, tmp_path, faults=faults, image={"prompt_from": "article"})
+    voice, image, text = (replicas[name] for name in ("voice", "image", "text"))
+    before = {
+        "parts": _outcomes(voice, "narrate_part"),
+        "images": _outcomes(image, "generate"),
+        "articles": _outcomes(text, "write_article_stream"),
+    }
+
+    async def leave_after_first_audio() -> list[str]:
+        seen: list[str] = []
+        stream = pipeline.create_stream(ContentRequest(topic="tides", seed=6, stream=True))
+        async for event in stream:
+            seen.append(event["event"])
+            if event["event"] == "audio_chunk":
+                break
+        await stream.aclose()  # what Serve does when the HTTP client disconnects
+        rendered = voice.model.sentences_rendered
+        await asyncio.sleep(1.0)  # the stages stop within a second
+        assert voice.model.sentences_rendered <= rendered + 1  # at most the sentence already being rendered
+        return seen
+
+    seen = run(leave_after_first_audio())
+    assert seen[-1] == "audio_chunk" and "article" not in seen
+    articles = _outcomes(text, "write_article_stream")
+    assert articles.get("cancelled", 0) == before["articles"].get("cancelled", 0) + 1  # closed in the replica
+    assert text.model.engine.describe()["running"] == 0  # and the engine holds no sequence of it
+    assert _outcomes(image, "generate") == before["images"]  # never asked for
+    parts = _outcomes(voice, "narrate_part")
+    spoken = parts.get("ok", 0) - before["parts"].get("ok", 0)
+    assert spoken >= 1 and parts.get("cancelled", 0) >= before["parts"].get("cancelled", 0)
+    assert pipeline.page(10, 0).total == 0  # nothing half-made is stored
+
+
+def _outcomes(replica, method: str) -> dict[str, int]:
+    return dict(run(replica.describe())["requests"].get(method, {}))
 
 
 def test_a_crash_while_storing_leaves_no_record(replicas, tmp_path, monkeypatch) -> None:
