@@ -169,7 +169,9 @@ class StreamedComposition:
             try:
                 ctx.article = await self._read_article()
             except Exception as exc:
-                ctx.first_recommendations.cancel()
+                recommending.cancel()  # its call cancels the recommendations in the replica
+                await asyncio.gather(recommending, return_exceptions=True)
+                ctx.first_recommendations.cancel()  # (if the task was cancelled before it began)
                 raise self.stages.article_failed(ctx, exc) from None
             await self.stages.article_written(ctx)
             if self.image_task is None:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from deployments.errors import NotFound, ServiceError, from_exception
 from deployments.registry import PIPELINE
+from edge.access import Principal
 from edge.dependencies import CallerDep, IngressDep, UserHeader, error_responses
 from edge.ingress import Ingress
 from edge.openai.protocol import ErrorDetail, ErrorResponse
@@ -42,11 +43,17 @@ IdempotencyKey = Annotated[
 FAILED = {"model": ContentFailure | ErrorResponse, "description": "The content could not be made; why, and its record."}
 
 
-async def _sse(stream: Any) -> AsyncIterator[str]:
-    """Server-sent events from the pipeline's event stream; a broken stream ends with a `failed` event."""
+async def _sse(stream: Any, ingress: Ingress, caller: Principal) -> AsyncIterator[str]:
+    """Server-sent events from the pipeline's event stream; a broken stream ends with a `failed` event. Audio
+    and images are charged to the caller as they go out (a client that leaves still pays for what it got)."""
     try:
         async for item in stream:
-            yield f"event: {item['event']}\ndata: {json.dumps(item['data'])}\n\n"
+            event, data = item["event"], item["data"]
+            yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
+            if event == "audio_chunk":
+                await ingress.limiter.charge(caller, audio_s=data["duration_s"])
+            elif event == "image" and data.get("ok"):
+                await ingress.limiter.charge(caller, images=1)
     except Exception as exc:
         failure = from_exception(exc, PIPELINE)
         yield f"event: failed\ndata: {json.dumps({'error': failure.message})}\n\n"
@@ -87,7 +94,7 @@ async def create_content(
     key = f"{caller.counter}:{idempotency_key}" if idempotency_key else f"auto:{uuid.uuid4().hex}"
     if body.stream:
         stream = ingress.handle(PIPELINE).options(stream=True).create_stream.remote(body, variants, key)
-        return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(_sse(stream, ingress, caller), media_type="text/event-stream", headers=SSE_HEADERS)
     try:  # a resend (the attempt's replica died) takes over the key of that attempt
         record = await ingress.call(
             PIPELINE, "create", body, variants, key, False, resend_args=(body, variants, key, True)

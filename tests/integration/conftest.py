@@ -164,6 +164,17 @@ def extra_app(config: dict[str, Any], name: str, services: tuple[str, ...] | Non
     return only(app, services) if services is not None else keep_possible_experiments(app)
 
 
+def slow_writing(config: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The session's config with its text services (the text experiment's candidate too) writing at a production
+    model's pace, ``seconds`` between streamed items: the tiny model writes a whole article faster than the voice
+    says its title, which hides what streaming across services does."""
+    config = copy.deepcopy(config)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] in ("text", "text-b"):
+            deployment["user_config"].setdefault("faults", {})["stream_delay_s"] = seconds
+    return config
+
+
 def with_app(deployed_app: dict, app: dict) -> dict:
     """The session's config plus ``app``, which runs with the session's environment (models, data folder)."""
     config = copy.deepcopy(deployed_app["config"])

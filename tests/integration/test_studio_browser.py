@@ -1,5 +1,6 @@
 """The web studio in headless Chromium (Debian's, driven by Playwright), the whole path a person takes: create
-content (resent under its Idempotency-Key after a 503; tokens before the image), find it in the library, open
+content (resent under its Idempotency-Key after a 503; tokens before the image; the audio playing while the
+article is still being written), find it in the library, open
 it, play its audio, like a related item, watch the feed change after a retrain, open the operations view;
 axe-core (from the npm registry) on every view, the tabs by keyboard alone. With UPDATE_SCREENSHOTS=1 the views'
 screenshots are written to docs/."""
@@ -11,6 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.integration.conftest import slow_writing, wait_rolled_out
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,9 +33,13 @@ def check_accessibility(page, view: str) -> None:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make setup installs it as root)")
-def test_the_studio_from_creating_to_operations(base_url: str, tmp_path: Path) -> None:
+def test_the_studio_from_creating_to_operations(base_url: str, tmp_path: Path, deployed_app: dict, redeploy) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    # The text services write at a production model's pace (the tiny model writes a whole article faster than
+    # the voice says its title), so that the page can be seen playing the audio while the article grows.
+    redeploy(slow_writing(deployed_app["config"], 0.05))
+    wait_rolled_out()
     shots = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -74,9 +81,11 @@ def test_the_studio_from_creating_to_operations(base_url: str, tmp_path: Path) -
         expect(page.locator("body")).to_have_attribute("data-status", "complete", timeout=120_000)
         assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("studio-")
         page.unroute("**/v1/content")
-        first_token = int(page.locator("body").get_attribute("data-first-token"))
-        image_at = int(page.locator("body").get_attribute("data-image-at"))
-        assert first_token < image_at  # tokens appeared before the image
+        marks = {m: page.locator("body").get_attribute(f"data-{m}") for m in ("first-token", "image-at", "audio-at")}
+        assert int(marks["first-token"]) < int(marks["image-at"])  # tokens appeared before the image
+        assert int(marks["audio-at"]) < int(page.locator("body").get_attribute("data-article-at"))
+        # Web Audio was playing the first chunks while tokens still came in.
+        assert page.locator("body").get_attribute("data-audio-while-writing") == "true"
         title = page.locator("#title").inner_text().strip()
         assert title and "\ufffd" not in title and page.locator("#body").inner_text().strip()
         assert page.locator("#image").evaluate("img => img.complete && img.naturalWidth") == 64
