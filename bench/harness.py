@@ -58,6 +58,17 @@ def bench_config(profile: str, root: Path) -> dict[str, Any]:
     return config
 
 
+def ensure_heavy_voice(root: Path) -> Path:
+    """A VITS of Coqui's own sizes with random weights (about 40 M parameters): it speaks at a real model's pace
+    on a CPU (a sentence of a few seconds takes a second or two here), where the tiny one takes milliseconds."""
+    from offline.tiny_models import build_voice
+
+    out = root / ".cache" / "models" / "heavy" / "voice"
+    if not (out / "config.json").exists():
+        build_voice(out, sizes={})
+    return out
+
+
 # --- processes and memory ---------------------------------------------------------------------------------
 def app_processes() -> dict[str, Any]:
     """The app's Ray processes by role (each replica, the proxy, the controller), from this Ray instance's own

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Bump when a recipe changes: an existing cache built by an older recipe is rebuilt.
 RECIPE_VERSION = "5"  # 2: item texts; 3: text-b; 4: the text model learns words; 5: small JSON answers, an encoder
@@ -256,8 +257,24 @@ def build_embed(out: Path) -> None:
     model.save_pretrained(out)
 
 
-def build_voice(out: Path) -> None:
-    """A two-speaker Coqui VITS model of a few MB, saved as ``model.pth`` + ``config.json``."""
+TINY_VITS = {
+    "hidden_channels": 32,
+    "hidden_channels_ffn_text_encoder": 64,
+    "num_layers_text_encoder": 2,
+    "num_layers_posterior_encoder": 2,
+    "num_layers_flow": 2,
+    "resblock_kernel_sizes_decoder": [3],
+    "resblock_dilation_sizes_decoder": [[1, 3, 5]],
+    "upsample_rates_decoder": [8, 8, 4],
+    "upsample_initial_channel_decoder": 32,
+    "upsample_kernel_sizes_decoder": [16, 16, 8],
+    "speaker_embedding_channels": 16,
+}
+
+
+def build_voice(out: Path, sizes: dict[str, Any] | None = None) -> None:
+    """A two-speaker Coqui VITS model, saved as ``model.pth`` + ``config.json``: a few MB with the tiny
+    ``sizes`` (the default); VITS's own sizes (``{}``) make one that speaks at a real model's pace."""
     import torch
     from TTS.tts.configs.shared_configs import CharactersConfig
     from TTS.tts.configs.vits_config import VitsConfig
@@ -265,21 +282,7 @@ def build_voice(out: Path) -> None:
 
     _seed_everything()
     out.mkdir(parents=True, exist_ok=True)
-    args = VitsArgs(
-        hidden_channels=32,
-        hidden_channels_ffn_text_encoder=64,
-        num_layers_text_encoder=2,
-        num_layers_posterior_encoder=2,
-        num_layers_flow=2,
-        resblock_kernel_sizes_decoder=[3],
-        resblock_dilation_sizes_decoder=[[1, 3, 5]],
-        upsample_rates_decoder=[8, 8, 4],
-        upsample_initial_channel_decoder=32,
-        upsample_kernel_sizes_decoder=[16, 16, 8],
-        use_speaker_embedding=True,
-        speaker_embedding_channels=16,
-        init_discriminator=False,
-    )
+    args = VitsArgs(**(TINY_VITS if sizes is None else sizes), use_speaker_embedding=True, init_discriminator=False)
     config = VitsConfig(
         model_args=args,
         use_phonemes=False,
