@@ -138,14 +138,26 @@ def _penalise(scores: torch.Tensor, row: RowState, vocab: int) -> None:
         scores[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
 
 
+def apply_bitmask(scores: torch.Tensor, mask: torch.Tensor) -> None:
+    """Keep the tokens a packed bitmask allows (bit ``i`` of word ``w`` is token ``32 * w + i``); the rest, and
+    tokens past the mask, become -inf. Eager on purpose: llguidance's own kernel is ``torch.compile``d, and
+    compiling it stalled a text replica's first constrained request for 12 s on this CPU (50 s under load, past
+    Serve's health check, which marked the replica unhealthy)."""
+    vocab = scores.shape[-1]
+    shifts = torch.arange(32, dtype=torch.int32)
+    allowed = ((mask.to(torch.int32).unsqueeze(1) >> shifts) & 1).view(-1).bool()
+    if allowed.numel() < vocab:
+        allowed = torch.cat([allowed, torch.zeros(vocab - allowed.numel(), dtype=torch.bool)])
+    scores.masked_fill_(~allowed[:vocab].to(scores.device), float("-inf"))
+
+
 def _grammar_mask(scores: torch.Tensor, row: RowState, tables: TokenTables) -> None:
     """Only tokens the grammar allows; near the end of the budget, steer to the shortest valid end."""
     import llguidance.torch as llt
 
     mask = llt.allocate_token_bitmask(1, tables.vocab_size)
     llt.fill_next_token_bitmask(row.matcher, mask, 0)
-    view = scores.unsqueeze(0)
-    llt.apply_token_bitmask_inplace(view, mask.to(scores.device))
+    apply_bitmask(scores, mask[0])
     # Steering starts near the end of the budget: within the reserve, and never before the budget's second half (a
     # short budget is first the model's to use; an answer it closes itself ends with `stop`).
     params = row.params

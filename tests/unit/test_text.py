@@ -511,3 +511,21 @@ def test_the_prompts_of_one_request_share_their_engine_group(service: TextServic
     prepared = [service.prepare(TextRequest(prompt=p, max_tokens=2, temperature=0)) for p in ("a", "b", "c")]
     results = asyncio.run(service.generate_many(prepared))
     assert len(results) == 3 and len({p.group for p in prepared}) == 1 and prepared[0].group
+
+
+def test_the_grammar_bitmask_keeps_exactly_the_allowed_tokens() -> None:
+    """Our eager bitmask (llguidance's kernel is torch.compile'd: a first-request stall) against the definition:
+    token ``t`` is allowed when bit ``t % 32`` of word ``t // 32`` is set; tokens past the mask never are."""
+    import torch
+
+    from deployments.text.sampling import apply_bitmask
+
+    generator = torch.Generator().manual_seed(0)
+    for vocab, words in ((31, 1), (64, 2), (517, 17), (100, 2)):
+        mask = torch.randint(-(2**31), 2**31 - 1, (words,), dtype=torch.int32, generator=generator)
+        scores = torch.randn(vocab, generator=generator)
+        expected = [t < 32 * words and (int(mask[t // 32]) >> (t % 32)) & 1 == 1 for t in range(vocab)]
+        before = scores.clone()
+        apply_bitmask(scores, mask)
+        assert [bool(torch.isfinite(v)) for v in scores] == expected
+        assert torch.equal(scores[torch.tensor(expected)], before[torch.tensor(expected)])
