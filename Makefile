@@ -12,9 +12,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models browser h2load run test bench-smoke test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-streaming bench-recs clean
+.PHONY: setup models browser h2load redis broker run test bench-smoke test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-streaming bench-recs stop-broker clean
 
-setup: $(INSTALLED) models browser h2load
+setup: $(INSTALLED) models browser h2load redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,11 +47,30 @@ h2load:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; \
 	  else echo "note: no h2load and no root to install it: the benchmarks' bursts cannot run"; fi; }
 
+# redis-server, the content jobs' broker in the local profile; installed when missing and we may (root, apt).
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "note: no redis-server and no root to install it: content jobs need a broker (docs/jobs.md)"; fi; }
+
+# The local profile's private broker: Redis on 127.0.0.1:6390, append-only under data/redis (a job queued
+# before a stop is still queued after it); started when it is not running. `make stop-broker` stops it.
+BROKER_DIR := $(CURDIR)/data/redis
+broker: redis
+	@mkdir -p $(BROKER_DIR)
+	@redis-cli -p 6390 ping >/dev/null 2>&1 || redis-server --port 6390 --bind 127.0.0.1 --dir $(BROKER_DIR) \
+	  --appendonly yes --appendfsync everysec --daemonize yes --pidfile $(BROKER_DIR)/redis.pid \
+	  --logfile $(BROKER_DIR)/redis.log
+
+stop-broker:
+	@redis-cli -p 6390 shutdown 2>/dev/null || true
+
 # The builder is a no-op when a build by the current recipe exists.
 models: $(INSTALLED)
 	$(BIN)/python -m scripts.build_tiny_models
 
-run: setup
+run: setup broker
 	@echo "Content Studio: http://127.0.0.1:8000  (API docs /docs, health /v1/health, Ray dashboard http://127.0.0.1:8265)"
 	$(BIN)/serve run configs/local.yaml
 

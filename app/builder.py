@@ -18,12 +18,14 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.common import StrictModel
-from deployments.registry import INGRESS, MODEL_SERVICES, PIPELINE, SERVICES, VARIANT_SERVICES
+from deployments.registry import INGRESS, JOBS, MODEL_SERVICES, PIPELINE, SERVICES, VARIANT_SERVICES
 from edge.deployment import EdgeDeployment, IngressDeployment
 from edge.haproxy import EdgeConfig
 from edge.ingress import IngressConfig
 from graphs.config import PipelineConfig
 from graphs.deployment import PipelineDeployment
+from graphs.jobs import JobsConfig
+from graphs.jobs.consumer import consumer_deployment
 from graphs.schemas import STAGES
 
 VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
@@ -52,7 +54,7 @@ class _Deployed(StrictModel):
     def _names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         names = [n for names in value.values() for n in names]
         for name in names:
-            if name in (*MODEL_SERVICES, PIPELINE, INGRESS) or not VARIANT_NAME.match(name):
+            if name in (*MODEL_SERVICES, PIPELINE, INGRESS, JOBS) or not VARIANT_NAME.match(name):
                 raise ValueError(f"{name!r}: a variant needs its own deployment name (letters, digits, - and _)")
         if len(names) != len(set(names)):
             raise ValueError("variant deployment names must be unique")
@@ -81,6 +83,14 @@ AppArgs = create_model(
         for name, spec in SERVICES.items()
     },
     pipeline=(PipelineConfig | None, Field(None, description="Default user_config of the `pipeline`.")),
+    jobs=(
+        JobsConfig | None,
+        Field(
+            None,
+            description="Content jobs (`POST /v1/jobs`): where they are kept and queued; deploys the `jobs` "
+            "consumer (it needs the pipeline). Without it the application takes no jobs.",
+        ),
+    ),
     ingress=(IngressConfig | None, Field(None, description="Default user_config of the `ingress`.")),
 )
 
@@ -112,7 +122,12 @@ def build_graph(parsed: Any, replace: dict[str, serve.Deployment] | None = None)
             handles[name] = kinds[service].options(name=name).bind()
     if PIPELINE in deployed:
         handles[PIPELINE] = _with_config(PipelineDeployment, parsed.pipeline).bind(dict(handles))
-    return _with_config(IngressDeployment, parsed.ingress).bind(handles, variants=tuple(variants))
+    jobs = parsed.jobs.model_dump(mode="json") if parsed.jobs is not None else None
+    if jobs is not None:
+        if PIPELINE not in deployed:
+            raise ValueError("jobs: content jobs need the pipeline (see `services`)")
+        handles[JOBS] = consumer_deployment(parsed.jobs).bind(handles[PIPELINE], jobs)
+    return _with_config(IngressDeployment, parsed.ingress).bind(handles, variants=tuple(variants), jobs=jobs)
 
 
 def build_edge(args: dict[str, Any] | None = None) -> Application:

@@ -87,11 +87,19 @@ def keep_possible_experiments(app: dict[str, Any]) -> dict[str, Any]:
 
 def only(app: dict[str, Any], services: tuple[str, ...]) -> dict[str, Any]:
     """``app`` deploying only these services (model services, and ``pipeline`` if named) and its ingress, as the
-    builder's ``args.services`` allows (in place; returns ``app``)."""
+    builder's ``args.services`` allows, and taking no jobs (in place; returns ``app``)."""
     kept = {*services, "ingress"}
     app["deployments"] = [d for d in app["deployments"] if d["name"] in kept]
     app.setdefault("args", {})["services"] = list(services)
-    return keep_possible_experiments(app)
+    return keep_possible_experiments(without_jobs(app))
+
+
+def without_jobs(app: dict[str, Any]) -> dict[str, Any]:
+    """``app`` taking no content jobs: no ``args.jobs``, no consumer (in place; returns ``app``). A copy of an app
+    must not consume its original's queue."""
+    app.get("args", {}).pop("jobs", None)
+    app["deployments"] = [d for d in app["deployments"] if d["name"] != "jobs"]
+    return app
 
 
 def gpus_requested(app: dict[str, Any], at: str = "initial_replicas") -> float:

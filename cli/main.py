@@ -23,49 +23,26 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cli.common import (
+    DEFAULT_URL,
+    STAGES,
+    KeyOption,
+    UrlOption,
+    check,
+    console,
+    errors,
+    fail,
+    http_client,
+    read_sse,
+    write_content,
+)
+from cli.jobs import jobs_app, submit_job
+
 app = typer.Typer(help="Make and explore content with a Content Studio server.", no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
-
-UrlOption = Annotated[str, typer.Option("--url", envvar="CONTENT_STUDIO_URL", help="Server address.")]
-KeyOption = Annotated[
-    str | None, typer.Option("--api-key", envvar="CONTENT_STUDIO_API_KEY", help="API key, if the server wants one.")
-]
-DEFAULT_URL = "http://127.0.0.1:8000"
-STAGES = ("article", "image", "audio", "recommendations")  # graphs/schemas.py:STAGES (a unit test keeps them equal)
-
-
-def _client(url: str, api_key: str | None, timeout: float = 600) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    errors.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def _check(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        try:
-            detail = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            detail = response.text[:300]
-        _fail(f"{response.status_code}: {detail}")
-    return response.json()
-
-
-def _sse(response: httpx.Response):
-    event = None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[len("event: ") :]
-        elif line.startswith("data: ") and event:
-            yield event, json.loads(line[len("data: ") :])
+app.add_typer(jobs_app, name="jobs")
 
 
 def _progress(state: dict[str, str], tokens: int) -> Table:
@@ -104,9 +81,9 @@ def _follow(client: httpx.Client, body: dict[str, Any], headers: dict[str, str])
                 raise _Resend(f"{response.status_code} from the server", float(response.headers["retry-after"]))
             if response.status_code >= 400:
                 response.read()
-                _check(response)
+                check(response)
             with Live(_progress(state, tokens), console=errors, transient=False) as live:
-                for event, data in _sse(response):
+                for event, data in read_sse(response):
                     seen = True
                     if event == "token":
                         tokens += 1
@@ -138,47 +115,42 @@ def create(
     length: Annotated[str, typer.Option(help="short, medium or long.")] = "short",
     seed: Annotated[int | None, typer.Option(help="Same seed, same content.")] = None,
     retries: Annotated[int, typer.Option("--retries", min=0, max=20, help="Resends of a refusal for now.")] = 3,
+    queued: Annotated[bool, typer.Option("--async", help="Queue it as a job; print the job's id.")] = False,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
     """Run the content pipeline with live progress and write its four files. A refusal that says when to come
     back (503, 429, 409 with Retry-After) or a connection lost before the first event is resent, up to
-    ``--retries`` times, under the same Idempotency-Key: never a second content."""
+    ``--retries`` times, under the same Idempotency-Key: never a second content. With ``--async`` the content is
+    queued as a job instead: its id is printed at once (``content-studio jobs follow ID`` follows it)."""
     body: dict[str, Any] = {"topic": topic, "length": length, "stream": True}
     body.update({k: v for k, v in {"user_id": user, "style": style, "seed": seed}.items() if v is not None})
     headers = {"Idempotency-Key": f"cli-{uuid.uuid4().hex}"}
+    if queued:
+        with http_client(url, api_key, 60) as client:
+            job = submit_job(client, body, headers, retries)
+        console.print(job["id"])
+        errors.print(f"queued ({job['state']}): content-studio jobs follow {job['id']} --out {out}")
+        return
     record: dict[str, Any] | None = None
     started = time.monotonic()
-    with _client(url, api_key) as client:
+    with http_client(url, api_key) as client:
         for attempt in range(retries + 1):
             try:
                 record = _follow(client, body, headers)
                 break
             except _Resend as resend:
                 if attempt == retries:
-                    _fail(f"{'' if resend.reached else f'cannot reach {url}: '}{resend} (after {retries} resends)")
+                    fail(f"{'' if resend.reached else f'cannot reach {url}: '}{resend} (after {retries} resends)")
                 errors.print(f"[yellow]{resend}: resending in {resend.wait_s:.0f}s[/]")
                 time.sleep(resend.wait_s)
             except httpx.HTTPError as exc:
-                _fail(f"cannot reach {url}: {exc}")
+                fail(f"cannot reach {url}: {exc}")
         if record is None:
-            _fail("the server ended the stream without a result")
+            fail("the server ended the stream without a result")
         if record.get("status") == "failed" or not record.get("article"):
-            _fail(record.get("error") or "; ".join(f"{k}: {v}" for k, v in record.get("errors", {}).items()))
-        out.mkdir(parents=True, exist_ok=True)
-        article = record["article"]
-        (out / "article.md").write_text(f"# {article['title']}\n\n{article['body']}\n")
-        for kind, name in (("image_url", "image.png"), ("audio_url", "audio.wav")):
-            if record.get(kind):
-                asset = client.get(record[kind])
-                if asset.status_code == 200:
-                    (out / name).write_bytes(asset.content)
-        (out / "recommendations.json").write_text(json.dumps(record.get("recommendations", []), indent=2) + "\n")
-    written = sorted(p.name for p in out.iterdir())
-    console.print(f"[green]{record['id']}[/] in {time.monotonic() - started:.1f}s → {out}: {', '.join(written)}")
-    if record["status"] == "partial":
-        missing = ", ".join(f"{stage} ({message})" for stage, message in record["errors"].items())
-        errors.print(f"[bold yellow]partial:[/] made without {missing}")
+            fail(record.get("error") or "; ".join(f"{k}: {v}" for k, v in record.get("errors", {}).items()))
+        write_content(client, record, out, time.monotonic() - started)
 
 
 @app.command()
@@ -189,8 +161,8 @@ def recommend(
     api_key: KeyOption = None,
 ) -> None:
     """Items recommended for a user, with why."""
-    with _client(url, api_key, 60) as client:
-        items = _check(client.get("/v1/recommendations", params={"user_id": user, "k": k}))["items"]
+    with http_client(url, api_key, 60) as client:
+        items = check(client.get("/v1/recommendations", params={"user_id": user, "k": k}))["items"]
     table = Table("item", "score", "why")
     for item in items:
         table.add_row(item["item_id"], f"{item['score']:.3f}", item["reason"])
@@ -205,18 +177,18 @@ def like(
     api_key: KeyOption = None,
 ) -> None:
     """Record that a user likes an item."""
-    with _client(url, api_key, 60) as client:
-        _check(client.post("/v1/interactions", json={"user_id": user, "item_id": item, "event": "like"}))
+    with http_client(url, api_key, 60) as client:
+        check(client.post("/v1/interactions", json={"user_id": user, "item_id": item, "event": "like"}))
     console.print(f"[green]♥[/] {user} likes {item}")
 
 
 @app.command()
 def status(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
     """Each service's health, model, device and placement."""
-    with _client(url, api_key, 60) as client:
+    with http_client(url, api_key, 60) as client:
         response = client.get("/v1/health")
         if response.status_code not in (200, 503):
-            _check(response)
+            check(response)
         body = response.json()
     table = Table("service", "status", "model", "device", "GPU ids", "replica", "node")
     for name, info in body["services"].items():
@@ -238,8 +210,8 @@ def status(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
 @app.command()
 def models(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
     """The models the server offers."""
-    with _client(url, api_key, 60) as client:
-        data = _check(client.get("/v1/models"))["data"]
+    with http_client(url, api_key, 60) as client:
+        data = check(client.get("/v1/models"))["data"]
     table = Table("model", "service")
     for model in data:
         table.add_row(model["id"], model["service"])
@@ -263,8 +235,8 @@ def library(
     api_key: KeyOption = None,
 ) -> None:
     """Content made so far, newest first."""
-    with _client(url, api_key, 60) as client:
-        page = _check(client.get("/v1/content", params={"limit": limit, "offset": offset}))
+    with http_client(url, api_key, 60) as client:
+        page = check(client.get("/v1/content", params={"limit": limit, "offset": offset}))
     table = Table("id", "title", "status", "audio", "made")
     for record in page["items"]:
         title = (record.get("article") or {}).get("title") or record["topic"]
@@ -282,9 +254,9 @@ def show(
     api_key: KeyOption = None,
 ) -> None:
     """One piece of content: its article, assets and related items."""
-    with _client(url, api_key, 60) as client:
-        record = _check(client.get(f"/v1/content/{content_id}"))
-        related = _check(client.get(f"/v1/items/{content_id}/similar", params={"k": 5}))["items"]
+    with http_client(url, api_key, 60) as client:
+        record = check(client.get(f"/v1/content/{content_id}"))
+        related = check(client.get(f"/v1/items/{content_id}/similar", params={"k": 5}))["items"]
     article = record.get("article") or {}
     console.print(f"[bold]{article.get('title') or record['topic']}[/]  ({record['status']})")
     console.print(article.get("body", ""))
@@ -305,8 +277,8 @@ def feed(
     api_key: KeyOption = None,
 ) -> None:
     """What the recommender picks for a user, with titles and why."""
-    with _client(url, api_key, 60) as client:
-        recs = _check(client.get("/v1/recommendations", params={"user_id": user, "k": k}))
+    with http_client(url, api_key, 60) as client:
+        recs = check(client.get("/v1/recommendations", params={"user_id": user, "k": k}))
     table = Table("item", "title", "why")
     for item in recs["items"]:
         table.add_row(item["item_id"], item.get("title") or "-", REASONS.get(item["reason"], item["reason"]))
@@ -332,7 +304,7 @@ def new_key(
     try:
         entry = ApiKeyEntry(name=name, role=role, user_id=user, sha256=hash_key(key))
     except ValidationError as exc:
-        _fail(str(exc.errors()[0]["msg"]))
+        fail(str(exc.errors()[0]["msg"]))
     console.print(f"key (shown once): [bold]{key}[/]")
     console.print("entry for the keys file / $CONTENT_STUDIO_API_KEYS:")
     print(json.dumps(entry.model_dump(exclude_none=True)))

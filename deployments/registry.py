@@ -53,3 +53,4 @@ MODEL_SERVICES: tuple[str, ...] = tuple(SERVICES)
 VARIANT_SERVICES: tuple[str, ...] = tuple(name for name, spec in SERVICES.items() if spec.variants)
 PIPELINE = "pipeline"  # the content pipeline's deployment (graphs/)
 INGRESS = "ingress"  # the HTTP edge's deployment (edge/)
+JOBS = "jobs"  # the content jobs consumer's deployment (graphs/jobs/), deployed with `args.jobs`

@@ -29,7 +29,7 @@ from edge.openai import (
     serving_models,
     serving_responses,
 )
-from edge.routes import content, health, recommend, studio
+from edge.routes import content, health, jobs, recommend, studio
 from edge.routes.health import app_version
 
 ROUTERS = (
@@ -41,6 +41,7 @@ ROUTERS = (
     embeddings,
     recommend,
     content,
+    jobs,
     health,
     studio,
 )

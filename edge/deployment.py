@@ -28,9 +28,13 @@ def _app_name() -> str | None:
 @serve.ingress()
 class IngressDeployment(Ingress):
     def __init__(
-        self, handles: dict[str, DeploymentHandle], config: dict[str, Any] | None = None, variants: tuple[str, ...] = ()
+        self,
+        handles: dict[str, DeploymentHandle],
+        config: dict[str, Any] | None = None,
+        variants: tuple[str, ...] = (),
+        jobs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(handles, config, variants, _app_name())
+        super().__init__(handles, config, variants, _app_name(), jobs)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self)

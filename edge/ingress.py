@@ -28,6 +28,8 @@ from edge.admission import EdgeAdmission
 from edge.experiments import Assignment, ExperimentConfig, ExperimentRouter, ExperimentStats, validate_experiments
 from edge.rate_limits import RateLimiter
 from edge.response_store import ResponsesConfig, ResponseStore
+from graphs.jobs import JobsConfig
+from graphs.jobs.board import JobBoard
 
 VARIANT_HEADER = "X-Model-Variant"
 
@@ -83,8 +85,11 @@ class Ingress:
         config: dict[str, Any] | None = None,
         variants: tuple[str, ...] = (),
         app_name: str | None = None,
+        jobs: dict[str, Any] | None = None,
     ) -> None:
         self.handles = handles
+        # Content jobs (the application's ``args.jobs``): taken here, queued on the broker, made by the consumer.
+        self.jobs = JobBoard(JobsConfig.model_validate(jobs)) if jobs is not None else None
         self.services = tuple(name for name in (*MODEL_SERVICES, PIPELINE) if name in handles)
         self.variant_deployments = variants
         self.stats = ExperimentStats()
@@ -117,6 +122,12 @@ class Ingress:
                     self._responses.dispose()
                 self._responses, self._responses_config = ResponseStore(wanted), wanted
             return self._responses
+
+    def job_board(self) -> JobBoard:
+        """Content jobs, when this application takes them (404 otherwise)."""
+        if self.jobs is None:
+            raise NotFound("this application takes no jobs: give it `args.jobs` (docs/jobs.md)")
+        return self.jobs
 
     # --- calling services ---------------------------------------------------------------------------------
     def handle(self, deployment: str) -> DeploymentHandle:

@@ -127,10 +127,14 @@ class ContentPipeline:
         return await self._run(request, _no_events, variants or {}, key, takeover)
 
     async def create_stream(
-        self, request: ContentRequest, variants: dict[str, StageVariant] | None = None, key: str | None = None
+        self,
+        request: ContentRequest,
+        variants: dict[str, StageVariant] | None = None,
+        key: str | None = None,
+        takeover: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
-        """The same as ``create``, as events: ``started``, ``token``s, ``article``, one per finished stage,
-        then ``complete`` (or ``failed``) with the whole record."""
+        """The same as ``create``, as events: ``started``, ``token``s, ``audio_chunk``s, ``article``, one per
+        finished stage, then ``complete`` (or ``failed``) with the whole record."""
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
         async def emit(event: str, data: dict[str, Any]) -> None:
@@ -138,7 +142,7 @@ class ContentPipeline:
 
         async def run() -> None:
             try:
-                record = await self._run(request, emit, variants or {}, key)
+                record = await self._run(request, emit, variants or {}, key, takeover)
                 await emit("complete", record.model_dump(mode="json"))
             except ServiceError as exc:
                 record = exc.record.model_dump(mode="json") if exc.record is not None else {}

@@ -88,7 +88,7 @@ async def create_content(
 ) -> Any:
     # A user key makes content as its own user, whatever the body says.
     body = body.model_copy(update={"user_id": caller.user(body.user_id or user)})
-    variants = _stage_variants(ingress, body.user_id)
+    variants = stage_variants(ingress, body.user_id)
     # Every content request is made under a key (the client's, scoped to its caller, or one of our own), so a
     # request whose pipeline replica died can be sent again without ever making a second content.
     key = f"{caller.counter}:{idempotency_key}" if idempotency_key else f"auto:{uuid.uuid4().hex}"
@@ -110,7 +110,7 @@ async def create_content(
     return record
 
 
-def _stage_variants(ingress: Ingress, user_id: str | None) -> dict[str, StageVariant]:
+def stage_variants(ingress: Ingress, user_id: str | None) -> dict[str, StageVariant]:
     """The experiment variant each stage runs on for this user (sticky by user id), by stage."""
     variants = {}
     for stage, service in STAGES.items():

@@ -32,6 +32,7 @@ from app.deploy import (
     serve_cli,
     session_config,
     wait_healthy,
+    without_jobs,
 )
 from tests.conftest import REDIS_URL, redis_reachable
 
@@ -161,7 +162,7 @@ def extra_app(config: dict[str, Any], name: str, services: tuple[str, ...] | Non
     app["name"], app["route_prefix"] = name, f"/{name}"
     variants = {n for names in app.setdefault("args", {}).pop("variants", {}).values() for n in names}
     app["deployments"] = [d for d in app["deployments"] if d["name"] not in variants]
-    return only(app, services) if services is not None else keep_possible_experiments(app)
+    return only(app, services) if services is not None else keep_possible_experiments(without_jobs(app))
 
 
 def slow_writing(config: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -252,10 +253,50 @@ def use_databases(config: dict[str, Any], databases: dict[str, Any]) -> dict[str
 
 
 @pytest.fixture(scope="session")
-def deployed_app(ray_cluster: dict[str, Any], project_root: Path, databases: dict[str, Any], tmp_path_factory) -> dict:
+def broker() -> Iterator[dict[str, str] | None]:
+    """The content jobs' broker for this session: the machine's Redis, under a queue of this session's (its keys
+    deleted at the end); None when the machine has no Redis (the job tests are skipped)."""
+    import uuid
+
+    import redis
+
+    if redis_reachable() is not None:
+        yield None
+        return
+    queue = f"content-jobs-test-{uuid.uuid4().hex[:8]}"
+    yield {"broker_url": REDIS_URL, "queue_name": queue}
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(queue, f"_kombu.binding.{queue}")
+
+
+def use_broker(config: dict[str, Any], broker: dict[str, str] | None, databases: dict[str, Any]) -> dict[str, Any]:
+    """Point the app's content jobs at the session's broker and catalog database (no broker: no jobs)."""
+    app = config["applications"][0]
+    if broker is None:
+        without_jobs(app)
+        return config
+    jobs = app["args"]["jobs"]
+    # A dead consumer's job delivered again, and a dead run's job taken over, within seconds (not an hour).
+    jobs.update(broker, lease_s=6.0, retry_backoff_s=0.5, visibility_timeout_s=15, restore_interval_s=2)
+    if databases["kind"] == "postgresql":
+        jobs["store_url"] = "env:CONTENT_STUDIO_CATALOG_URL"
+    consumer = next(d for d in app["deployments"] if d["name"] == "jobs")
+    consumer["autoscaling_config"]["policy"]["policy_kwargs"].update(broker)
+    return config
+
+
+@pytest.fixture(scope="session")
+def deployed_app(
+    ray_cluster: dict[str, Any],
+    project_root: Path,
+    databases: dict[str, Any],
+    broker: dict[str, str] | None,
+    tmp_path_factory,
+) -> dict:
     """The local profile deployed with ``serve deploy``; yields its URL, config and the dashboard address."""
     port = free_port()
     config = use_databases(session_config(ROOT / "configs" / "local.yaml", project_root, port), databases)
+    config = use_broker(config, broker, databases)
     path = tmp_path_factory.mktemp("serve") / "local.yaml"
     path.write_text(yaml.safe_dump(config))
     serve_cli("deploy", str(path), dashboard=ray_cluster["dashboard"])

@@ -47,7 +47,8 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def run(monkeypatch: pytest.MonkeyPatch, answers: list[httpx.Response], out: Path, *args: str):
     seen: list[httpx.Request] = []
     transport = serve(answers, seen)
-    monkeypatch.setattr(cli, "_client", lambda url, key, timeout=600: httpx.Client(base_url=url, transport=transport))
+    client = lambda url, key, timeout=600: httpx.Client(base_url=url, transport=transport)  # noqa: E731
+    monkeypatch.setattr(cli, "http_client", client)
     result = CliRunner().invoke(cli.app, ["create", "tides", "--out", str(out), *args])
     return result, seen
 
@@ -89,7 +90,9 @@ def test_a_server_that_never_answers_is_resent_then_reported_unreachable(monkeyp
         raise httpx.ConnectError("connection refused", request=request)
 
     monkeypatch.setattr(
-        cli, "_client", lambda url, key, timeout=600: httpx.Client(base_url=url, transport=httpx.MockTransport(refuse))
+        cli,
+        "http_client",
+        lambda url, key, timeout=600: httpx.Client(base_url=url, transport=httpx.MockTransport(refuse)),
     )
     result = CliRunner().invoke(cli.app, ["create", "tides", "--out", str(tmp_path / "out"), "--retries", "1"])
     assert result.exit_code == 1 and waits == [1.0]

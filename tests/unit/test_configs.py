@@ -38,8 +38,14 @@ def assert_valid_serve_config(config: dict, name: str) -> None:
         args = AppArgs.model_validate(app.args)
         kind = {name: service for service, names in args.variants.items() for name in names}
         names = {d.name for d in app.deployments}
-        assert names == {*args.deployed(), "ingress", *kind}, f"{name} must configure every deployment it deploys"
+        jobs = {"jobs"} if args.jobs is not None else set()
+        assert names == {*args.deployed(), "ingress", *kind, *jobs}, (
+            f"{name} must configure every deployment it deploys"
+        )
         for deployment in app.deployments:
+            if deployment.name == "jobs":  # the job consumer is configured by `args.jobs` (validated above)
+                assert "user_config" not in deployment.model_fields_set, name
+                continue
             SERVICE_CONFIGS[kind.get(deployment.name, deployment.name)].model_validate(deployment.user_config)
             if deployment.name == "ingress":
                 experiments = IngressConfig.model_validate(deployment.user_config).experiments
@@ -60,7 +66,7 @@ def test_the_bench_config_validates() -> None:
 
 def test_local_profile_points_at_the_tiny_models() -> None:
     app = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]
-    models = {d["name"]: d["user_config"]["model"] for d in app["deployments"] if "model" in d["user_config"]}
+    models = {d["name"]: d["user_config"]["model"] for d in app["deployments"] if "model" in d.get("user_config", {})}
     assert set(models) == {"text", "text-b", "image", "voice", "recommend", "embed"}
     assert all(m.startswith(".cache/models/tiny/") for m in models.values())
     assert app["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
