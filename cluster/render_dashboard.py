@@ -139,6 +139,22 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Content jobs: queue depth, and wait p95 (s)",
+        "short",
+        [
+            ("max by (queue) (ray_content_studio_job_queue_depth)", "waiting in {{queue}}"),
+            (
+                "histogram_quantile(0.95, sum by (le) (rate(ray_content_studio_job_queue_seconds_bucket[5m])))",
+                "wait p95 (s)",
+            ),
+        ],
+    ),
+    (
+        "Content jobs by outcome / min",
+        "short",
+        [("sum by (outcome) (rate(ray_content_studio_jobs_total[5m])) * 60", "{{outcome}}")],
+    ),
+    (
         "Pipeline results / min",
         "short",
         [

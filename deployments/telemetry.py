@@ -66,6 +66,17 @@ SPECS: dict[str, MetricSpec] = {
         ("composition",),
         (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0),
     ),
+    "content_studio_jobs": MetricSpec(
+        "counter",
+        "Runs of content jobs by how they ended (complete, partial, failed, cancelled, retrying, skipped, lost).",
+        ("outcome",),
+    ),
+    "content_studio_job_queue_seconds": MetricSpec(
+        "histogram", "Time a content job waited in the queue before its first run.", (), tuple(LATENCY_BUCKETS)
+    ),
+    "content_studio_job_queue_depth": MetricSpec(
+        "gauge", "Content jobs waiting on the broker (read by each consumer replica).", ("queue",)
+    ),
     "content_studio_recommender_retrains": MetricSpec(
         "counter", "Recommender versions trained, by trigger (admin, after_events, interval).", ("trigger",)
     ),

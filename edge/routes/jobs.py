@@ -19,7 +19,7 @@ from deployments.errors import InvalidRequest
 from edge.dependencies import CallerDep, IngressDep, UserHeader, error_responses, require_admin
 from edge.openai.streaming import SSE_HEADERS
 from edge.routes.content import IdempotencyKey, stage_variants
-from graphs.jobs import JobAccepted, JobView
+from graphs.jobs import JobAccepted, JobState, JobView
 from graphs.jobs.board import JobBoard
 from graphs.schemas import ContentRequest
 
@@ -34,7 +34,19 @@ KEEPALIVE_S = 15.0
     status_code=202,
     response_model=JobAccepted,
     operation_id="createJob",
-    responses=error_responses(400, 404, 503),
+    responses={
+        202: {
+            "description": "The job, queued.",
+            "links": {
+                "GetJob": {
+                    "operationId": "getJob",
+                    "parameters": {"job_id": "$response.body#/id"},
+                    "description": "The job just queued.",
+                }
+            },
+        },
+        **error_responses(400, 404, 503),
+    },
 )
 async def create_job(
     body: ContentRequest,
@@ -55,18 +67,20 @@ async def create_job(
 
 
 @router.get("/v1/jobs", response_model=list[JobView], responses=error_responses(403, 404, 503))
-async def dead_jobs(
+async def list_jobs(
     ingress: IngressDep,
     caller: CallerDep,
+    state: Annotated[JobState, Query(description="`failed` (the default): the dead letters.")] = "failed",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[JobView]:
-    """The dead letters: jobs that failed every attempt, newest first, with their errors (admin keys only)."""
+    """Jobs in one state, newest first; by default the dead letters: jobs that failed every attempt, with their
+    errors (admin keys only)."""
     require_admin(caller)
     board = ingress.job_board()
-    return [board.view(job) for job in await asyncio.to_thread(board.store.dead, limit)]
+    return [board.view(job) for job in await asyncio.to_thread(board.store.listing, state, limit)]
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobView, responses=error_responses(404, 503))
+@router.get("/v1/jobs/{job_id}", response_model=JobView, operation_id="getJob", responses=error_responses(404, 503))
 async def get_job(job_id: JobIdParam, ingress: IngressDep) -> JobView:
     """State (`queued` with its place in the queue, `running` with the stage reached, then `complete`,
     `partial`, `failed` or `cancelled`), timings, and the content's URL once made."""
@@ -86,7 +100,7 @@ async def requeue_job(job_id: JobIdParam, ingress: IngressDep, caller: CallerDep
     return await asyncio.to_thread(ingress.job_board().requeue, job_id)
 
 
-@router.post("/v1/jobs/{job_id}/drop", status_code=204, responses=error_responses(403, 404, 503))
+@router.post("/v1/jobs/{job_id}/drop", status_code=204, responses=error_responses(400, 403, 404, 503))
 async def drop_job(job_id: JobIdParam, ingress: IngressDep, caller: CallerDep) -> Response:
     """Delete a dead-lettered job and its events (admin keys only)."""
     require_admin(caller)

@@ -11,6 +11,7 @@ content: a second delivery waits on a live claim, and a run after a dead one tak
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.task_consumer import task_consumer, task_handler
 
+from deployments.telemetry import telemetry
 from graphs.jobs.config import JobsConfig
 from graphs.jobs.queue import TASK, JobQueue, task_processor_config
 from graphs.jobs.store import JobStore
@@ -66,10 +68,17 @@ class JobRunner:
         self.pipeline, self.store, self.queue, self.config = pipeline, store, queue, config
 
     def run(self, job_id: str) -> str:
+        outcome = self._run(job_id)
+        telemetry.count("content_studio_jobs", outcome=outcome)
+        return outcome
+
+    def _run(self, job_id: str) -> str:
         runner = f"{_replica_id()}:{uuid.uuid4().hex[:8]}"
         job = self._claim(job_id, runner)
         if job is None:
             return "skipped"
+        if job["attempts"] == 1:
+            telemetry.observe("content_studio_job_queue_seconds", max(0.0, time.time() - job["created_at"]))
         if job["cancel_requested"]:
             self.store.finish(job_id, runner, "cancelled", error="cancelled before it started")
             return "cancelled"
@@ -156,6 +165,12 @@ class JobConsumer:
     @task_handler(name=TASK)
     def make_content(self, job_id: str) -> str:
         return self.runner.run(job_id)
+
+    async def check_health(self) -> None:
+        """Serve's periodic probe: the queue's depth goes to the dashboard (the broker answering is the health)."""
+        depth = await asyncio.to_thread(self.queue.depth)
+        if depth is not None:
+            telemetry.set("content_studio_job_queue_depth", depth, queue=self.config.queue_name)
 
     async def describe(self) -> dict[str, Any]:
         return {"service": "jobs", "status": "ok", "queue": self.config.queue_name}

@@ -112,11 +112,11 @@ class JobStore(MigratedStore):
             )
             return job
 
-    def dead(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Failed jobs (the dead-letter list), newest first."""
+    def listing(self, state: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Jobs in one state, newest first (``failed``: the dead letters)."""
         with self.reading() as conn:
             rows = conn.execute(
-                sa.select(JOBS).where(JOBS.c.state == "failed").order_by(JOBS.c.finished_at.desc()).limit(limit)
+                sa.select(JOBS).where(JOBS.c.state == state).order_by(JOBS.c.created_at.desc()).limit(limit)
             )
             return [dict(r) for r in rows.mappings()]
 

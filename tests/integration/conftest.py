@@ -269,6 +269,25 @@ def broker() -> Iterator[dict[str, str] | None]:
     client.delete(queue, f"_kombu.binding.{queue}")
 
 
+def drain_jobs(base_url: str, timeout: float = 180) -> None:
+    """Cancel every job still queued or running and wait until none runs: a test that made jobs in bulk (the
+    schemathesis run) leaves no content being made behind it for the next test to count."""
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = [
+                job
+                for state in ("queued", "running")
+                for job in client.get("/v1/jobs", params={"state": state, "limit": 500}).json()
+            ]
+            if not left:
+                return
+            for job in left:
+                client.delete(f"/v1/jobs/{job['id']}")
+            time.sleep(1)
+    raise TimeoutError(f"jobs still queued or running after {timeout}s")
+
+
 def use_broker(config: dict[str, Any], broker: dict[str, str] | None, databases: dict[str, Any]) -> dict[str, Any]:
     """Point the app's content jobs at the session's broker and catalog database (no broker: no jobs)."""
     app = config["applications"][0]

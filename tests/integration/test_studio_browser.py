@@ -1,6 +1,6 @@
 """The web studio in headless Chromium (Debian's, driven by Playwright), the whole path a person takes: create
-content (resent under its Idempotency-Key after a 503; tokens before the image; the audio playing while the
-article is still being written), find it in the library, open
+content as a job (resent under its Idempotency-Key after a 503; tokens before the image; the audio playing while
+the article is still being written; a reload mid-way follows the job on), find it in the library, open
 it, play its audio, like a related item, watch the feed change after a retrain, open the operations view;
 axe-core (from the npm registry) on every view, the tabs by keyboard alone. With UPDATE_SCREENSHOTS=1 the views'
 screenshots are written to docs/."""
@@ -8,6 +8,7 @@ screenshots are written to docs/."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -74,13 +75,13 @@ def test_the_studio_from_creating_to_operations(base_url: str, tmp_path: Path, d
             route.fulfill(status=503, headers={"Retry-After": "1"}, json={"error": error})
 
         page.route(
-            "**/v1/content", lambda route: busy_once(route) if route.request.method == "POST" else route.continue_()
+            "**/v1/jobs", lambda route: busy_once(route) if route.request.method == "POST" else route.continue_()
         )
         page.get_by_label("Topic").fill("a short story about lighthouses")
         page.get_by_role("button", name="Create").click()
         expect(page.locator("body")).to_have_attribute("data-status", "complete", timeout=120_000)
         assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("studio-")
-        page.unroute("**/v1/content")
+        page.unroute("**/v1/jobs")
         marks = {m: page.locator("body").get_attribute(f"data-{m}") for m in ("first-token", "image-at", "audio-at")}
         assert int(marks["first-token"]) < int(marks["image-at"])  # tokens appeared before the image
         assert int(marks["audio-at"]) < int(page.locator("body").get_attribute("data-article-at"))
@@ -93,6 +94,19 @@ def test_the_studio_from_creating_to_operations(base_url: str, tmp_path: Path, d
             expect(page.locator(f'#stages li[data-stage="{stage}"]')).to_have_attribute("data-state", "done")
         page.screenshot(path=str(shots / "studio-create.png"), full_page=True)
         check_accessibility(page, "create")
+
+        # The content is a job: a reload while it is being made follows it on to the end.
+        page.get_by_label("Topic").fill("a second story, about tides")
+        page.get_by_role("button", name="Create").click()
+        expect(page.locator("body")).to_have_attribute("data-job", re.compile(r"^j[0-9a-f]{32}$"), timeout=30_000)
+        job = page.locator("body").get_attribute("data-job")
+        expect(page.locator("#body")).not_to_have_text("", timeout=30_000)  # it is being written
+        page.reload()
+        page.get_by_label("Your user id").fill("browser-user")
+        expect(page.locator("body")).to_have_attribute("data-job", job, timeout=30_000)
+        expect(page.locator("body")).to_have_attribute("data-status", "complete", timeout=120_000)
+        assert page.locator("#body").inner_text().strip()
+        title = page.locator("#title").inner_text().strip()  # the newest content, first in the library
 
         # Library: the new content is the first card; opening it shows the article, the picture and the audio.
         page.get_by_role("tab", name="Library").click()

@@ -24,7 +24,7 @@ QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|Ti)?$")
 
 
 def ray_pin() -> str:
-    return re.search(r'"ray\[serve\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    return re.search(r'"ray\[serve[^\]]*\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
 
 
 def quantity(value: str | int | float) -> float:

@@ -87,7 +87,8 @@ def test_dead_letters_can_be_queued_again_or_dropped(store: JobStore) -> None:
         store.submit(jid(n), REQUEST, {}, "f", None)
         store.claim(jid(n), "a", 5)
         store.finish(jid(n), "a", "failed", error="text service failed")
-    assert [j["id"] for j in store.dead()] == [jid(2), jid(1)] and store.dead()[0]["error"]
+    dead = store.listing("failed")
+    assert [j["id"] for j in dead] == [jid(2), jid(1)] and dead[0]["error"]
     again = store.requeue(jid(1))
     assert again["state"] == "queued" and again["attempts"] == 0
     assert store.drop(jid(2)) and store.get(jid(2)) is None and store.events(jid(2), -1) == []
@@ -168,7 +169,7 @@ def test_a_failed_run_is_tried_again_then_dead_lettered(store: JobStore) -> None
     assert runner(store, pipeline, queue).run(jid(1)) == "failed"  # its second and last attempt
     job = store.get(jid(1))
     assert job["state"] == "failed" and "unavailable" in job["error"] and job["attempts"] == 2
-    assert [j["id"] for j in store.dead()] == [jid(1)]
+    assert [j["id"] for j in store.listing("failed")] == [jid(1)]
     assert pipeline.calls[1][2] is True  # the second attempt takes the content's key over
     assert "attempt" in [e for _, e, _ in store.events(jid(1), -1)]
 
