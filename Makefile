@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup models browser h2load redis broker run test bench-smoke test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-streaming bench-recs stop-broker clean
+.PHONY: setup models browser h2load redis broker run test bench-smoke test-unit test-integration lint format manifests gpu-check eval-recs bench bench-quick bench-soak bench-streaming bench-jobs bench-recs stop-broker clean
 
 setup: $(INSTALLED) models browser h2load redis
 
@@ -101,8 +101,9 @@ bench: setup
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.streaming
+	$(BIN)/python -m bench.jobs
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m bench.recs
-	@cat bench/results/summary.md bench/results/soak.md bench/results/streaming.md bench/results/recs.md
+	@cat bench/results/summary.md bench/results/soak.md bench/results/streaming.md bench/results/jobs.md bench/results/recs.md
 
 # The recommender swept over 10k, 100k and 1M items: registering, recommending, memory, ANN recall (recs.{json,md,png}).
 bench-recs: setup
@@ -111,6 +112,10 @@ bench-recs: setup
 # The streamed composition against the sequential one (heavy text, a real-sized voice): bench/results/streaming.*.
 bench-streaming: setup
 	$(BIN)/python -m bench.streaming
+
+# A burst of 300 content jobs through the C edge; the queue drains, the consumer scales: bench/results/jobs.*.
+bench-jobs: setup
+	$(BIN)/python -m bench.jobs
 
 # A burst at the edge and a bounded soak (mixed load; memory growth and failures): bench/results/soak.{json,md}.
 bench-soak: setup

@@ -1,8 +1,9 @@
 """Chaos: under mixed load, one replica of every deployment in turn is killed, a few seconds apart, while the
 replicas killed before are still being replaced (two ingress replicas). Clients behave as the openai client does
 (they resend on 409, 429, 5xx and dropped connections, honouring Retry-After, and keep a content request's
-Idempotency-Key across resends), through the C edge. Nothing is lost, nothing is made twice, a content misses only
-the stage of a service killed while it was being made, and every failed answer is JSON (a 503 with Retry-After).
+Idempotency-Key across resends), through the C edge; content jobs are submitted alongside and their consumer is
+killed too. Nothing is lost, nothing is made twice (jobs included), a content misses only the stage of a service
+killed while it was being made, and every failed answer is JSON (a 503 with Retry-After).
 The long run (``slow``: several rounds) is for game days, not `make test`."""
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Client:
 Made = list[tuple[str, dict, float, float]]  # idempotency key, record, sent at, answered at (monotonic)
 
 
-async def mixed_load(url: str, seconds: float, made: Made, counts: Counter) -> list[Client]:
+async def mixed_load(url: str, seconds: float, made: Made, counts: Counter, jobs: dict | None) -> list[Client]:
     deadline = time.monotonic() + seconds
 
     async def completions(client: Client) -> None:
@@ -92,6 +93,17 @@ async def mixed_load(url: str, seconds: float, made: Made, counts: Counter) -> l
                 assert response.status_code == 200, response.text[:300]
                 made.append((key, response.json(), sent, time.monotonic()))
 
+    async def submissions(client: Client) -> None:
+        """Content jobs, one every two seconds, each under its own key (resent as the others are)."""
+        while jobs is not None and time.monotonic() < deadline:
+            key = uuid.uuid4().hex
+            body = {"topic": f"harbour job {len(jobs)}", "user_id": "chaos-jobs", "image": {"steps": 2}}
+            response = await client.send("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key})
+            if response is not None:
+                assert response.status_code == 202, response.text[:300]
+                jobs.setdefault(key, set()).add(response.json()["id"])
+            await asyncio.sleep(2)
+
     async def reads(client: Client, n: int) -> None:
         while time.monotonic() < deadline:
             response = await client.send("GET", "/v1/recommendations", params={"user_id": f"chaos-{n}", "k": 3})
@@ -102,7 +114,7 @@ async def mixed_load(url: str, seconds: float, made: Made, counts: Counter) -> l
             await asyncio.sleep(0.2)
 
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
-        clients = [Client(http) for _ in range(6)]
+        clients = [Client(http) for _ in range(7)]
         await asyncio.gather(
             completions(clients[0]),
             completions(clients[1]),
@@ -110,6 +122,7 @@ async def mixed_load(url: str, seconds: float, made: Made, counts: Counter) -> l
             contents(clients[3], 1),
             reads(clients[4], 0),
             reads(clients[5], 1),
+            submissions(clients[6]),
         )
     return clients
 
@@ -119,7 +132,10 @@ def chaos(client: httpx.Client, deployed_app: dict, redeploy, rounds: int) -> No
     ingress = deployments_of(app_of(config))["ingress"]
     ingress.pop("autoscaling_config", None)
     ingress["num_replicas"] = 2
-    redeploy(config, app=APP, healthy=DEPLOYMENTS)
+    # Where the app takes content jobs, they are submitted too, and their consumer is killed as well.
+    jobs: dict[str, set[str]] | None = {} if "jobs" in app_of(config).get("args", {}) else None
+    targets = (*DEPLOYMENTS, "jobs") if jobs is not None else DEPLOYMENTS
+    redeploy(config, app=APP, healthy=targets)
     edge = edge_url(config)  # the load goes through the C edge, as clients of the local profile do
     assert edge is not None
     wait_healthy(edge)
@@ -131,9 +147,9 @@ def chaos(client: httpx.Client, deployed_app: dict, redeploy, rounds: int) -> No
     for _ in range(rounds):
 
         async def scenario() -> list[Client]:
-            seconds = 2 + KILL_EVERY_S * len(DEPLOYMENTS) + 6  # the last kill, then time to recover under load
-            load = asyncio.create_task(mixed_load(edge, seconds, made, counts))
-            for n, deployment in enumerate(DEPLOYMENTS):
+            seconds = 2 + KILL_EVERY_S * len(targets) + 6  # the last kill, then time to recover under load
+            load = asyncio.create_task(mixed_load(edge, seconds, made, counts, jobs))
+            for n, deployment in enumerate(targets):
                 await asyncio.sleep(2 if n == 0 else KILL_EVERY_S)
                 await asyncio.to_thread(kill_one_replica, deployment)
                 killed.append((deployment, time.monotonic()))
@@ -148,7 +164,7 @@ def chaos(client: httpx.Client, deployed_app: dict, redeploy, rounds: int) -> No
         assert [e for e in errors if "json" not in e[1]] == [], errors
         assert [e for e in errors if e[0] == 503 and not e[2]] == [], errors
         resends += sum(c.resends for c in clients)
-        wait_deployments_healthy(APP, DEPLOYMENTS)
+        wait_deployments_healthy(APP, targets)
         wait_healthy(deployed_app["url"])
     missing = Counter(stage for _, record, _, _ in made for stage in record["errors"])
     print("chaos:", dict(counts), {"contents": len(made), "missing": dict(missing), "resends": resends})
@@ -161,9 +177,26 @@ def chaos(client: httpx.Client, deployed_app: dict, redeploy, rounds: int) -> No
     # Every content request made exactly one content: one id per key, and the catalog grew by as many.
     ids = [record["id"] for _, record, _, _ in made]
     assert len(set(ids)) == len(made) == len({key for key, *_ in made})
-    assert client.get("/v1/content", params={"limit": 1}).json()["total"] == total_before + len(made)
+    job_contents = finished_jobs(client, jobs or {})  # every job accepted once, made once
+    assert len(set(job_contents)) == len(job_contents) and set(ids).isdisjoint(job_contents)
+    total = client.get("/v1/content", params={"limit": 1}).json()["total"]
+    assert total == total_before + len(made) + len(job_contents)
     for content_id in random.sample(ids, min(5, len(ids))):
         assert client.get(f"/v1/content/{content_id}").status_code == 200
+
+
+def finished_jobs(client: httpx.Client, jobs: dict[str, set[str]], timeout: float = 240) -> list[str]:
+    """The content of every job, once all have ended: one job per key, each complete (or partial, missing a
+    stage of a killed service), none lost; a job whose consumer was killed is delivered again and made once."""
+    assert all(len(ids) == 1 for ids in jobs.values()), jobs  # a resent submission is the same job
+    contents, deadline = [], time.monotonic() + timeout
+    for (job_id,) in jobs.values():
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(1)
+        assert job["state"] in ("complete", "partial"), job
+        contents.append(job["content_id"])
+    return contents
 
 
 @pytest.mark.late

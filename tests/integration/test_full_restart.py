@@ -1,8 +1,10 @@
-"""Nothing stored is lost when everything stops: Serve, Ray and every node, then a fresh start."""
+"""Nothing stored is lost when everything stops: Serve, Ray and every node, then a fresh start; content jobs still
+queued or running when it stopped are made after it."""
 
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 import pytest
@@ -27,6 +29,13 @@ def test_content_assets_and_interactions_survive_a_full_stop_and_start(
     assert recommended["model_version"] == version
     assert recommended["items"][0]["reason"] in {"als", "content"}  # the likes were counted
 
+    # Content jobs still queued (or running) when everything stops: they wait on the broker, and are made after.
+    takes_jobs = "jobs" in deployed_app["config"]["applications"][0].get("args", {})
+    jobs = [
+        client.post("/v1/jobs", json={"topic": f"a harbour in winter, {n}", "user_id": "keeper-9"}).json()["id"]
+        for n in range(6 if takes_jobs else 0)
+    ]
+
     stop_cluster(ray_cluster)  # serve shutdown + ray stop: no process of the app is left
     ray_cluster.update(start_cluster())
     deployed_app.update(ray_cluster)
@@ -41,3 +50,12 @@ def test_content_assets_and_interactions_survive_a_full_stop_and_start(
     )  # factors too
     page = client.get("/v1/content", params={"limit": 100}).json()
     assert record["id"] in {item["id"] for item in page["items"]}
+    made = []
+    deadline = time.monotonic() + 240
+    for job_id in jobs:
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(1)
+        assert job["state"] == "complete", job
+        made.append(job["content_id"])
+    assert len(set(made)) == len(jobs)  # each made once
