@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -55,6 +54,7 @@ from graphs.schemas import (
     ContentRequest,
     StageVariant,
     VariantTag,
+    fingerprint,
 )
 from graphs.streamed import StreamedComposition
 
@@ -207,9 +207,8 @@ class ContentPipeline:
         self, request: ContentRequest, key: str, content_id: str, takeover: bool
     ) -> tuple[ContentRecord | None, str]:
         """What an idempotency key stands for: the stored record (made before), or the content id to make."""
-        fingerprint = hashlib.sha256(request.model_dump_json(exclude={"stream"}).encode()).hexdigest()
         state, content_id, stored = await asyncio.to_thread(
-            self.catalog.claim_key, key, fingerprint, content_id, self.config.key_lease_s, takeover
+            self.catalog.claim_key, key, fingerprint(request), content_id, self.config.key_lease_s, takeover
         )
         if state == "done" and stored is not None:
             return ContentRecord.model_validate(stored), content_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Literal
 
@@ -43,6 +44,11 @@ class ContentRequest(StrictModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+
+def fingerprint(request: ContentRequest) -> str:
+    """What an idempotency key is checked against: the request, whether it streams or not."""
+    return hashlib.sha256(request.model_dump_json(exclude={"stream"}).encode()).hexdigest()
 
 
 class ArticleOut(StrictModel):

@@ -8,7 +8,6 @@ a second message is harmless: its delivery finds the job claimed or finished).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import uuid
 from typing import Any
@@ -18,7 +17,7 @@ from graphs.jobs.config import JobsConfig
 from graphs.jobs.queue import JobQueue
 from graphs.jobs.schemas import JobUrls, JobView
 from graphs.jobs.store import JobStore
-from graphs.schemas import ContentRequest, StageVariant
+from graphs.schemas import ContentRequest, StageVariant, fingerprint
 
 
 class JobBoard:
@@ -46,10 +45,9 @@ class JobBoard:
 
     def submit(self, request: ContentRequest, variants: dict[str, StageVariant], key: str | None) -> JobView:
         body = request.model_dump(mode="json", exclude={"stream"})
-        fingerprint = hashlib.sha256(request.model_dump_json(exclude={"stream"}).encode()).hexdigest()
         job_id = "j" + uuid.uuid4().hex
         stages = {stage: v.model_dump(mode="json") for stage, v in variants.items()}
-        job, created = self.store.submit(job_id, body, stages, fingerprint, key)
+        job, created = self.store.submit(job_id, body, stages, fingerprint(request), key)
         if job["state"] == "queued":
             try:
                 self.queue.enqueue(job["id"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import io
 import time
 
@@ -18,6 +17,7 @@ from deployments.recommend import RecommendDeployment
 from deployments.text import TextDeployment
 from deployments.voice import VoiceDeployment
 from graphs.pipeline import ContentPipeline, ContentRequest
+from graphs.schemas import fingerprint
 from tests.fakes.handles import FakeHandle
 
 
@@ -258,9 +258,8 @@ def test_an_idempotency_key_stands_for_one_content(replicas, tmp_path) -> None:
 def test_a_key_in_the_making_is_busy_until_its_replica_is_known_dead(replicas, tmp_path) -> None:
     pipeline = make_pipeline(replicas, tmp_path)
     request = ContentRequest(topic="harbours", user_id="user-8", seed=4)
-    fingerprint = hashlib.sha256(request.model_dump_json(exclude={"stream"}).encode()).hexdigest()
     # An attempt whose replica died after claiming the key: its claim is still running.
-    state, content_id, _ = pipeline.catalog.claim_key("k-2", fingerprint, "c" + "0" * 32, lease_s=600)
+    state, content_id, _ = pipeline.catalog.claim_key("k-2", fingerprint(request), "c" + "0" * 32, lease_s=600)
     assert state == "new"
     with pytest.raises(ServiceError) as busy:
         run(pipeline.create(request, key="k-2"))
