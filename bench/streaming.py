@@ -42,9 +42,14 @@ def streaming_config(root: Path, port: int) -> dict[str, Any]:
     from app.deploy import session_config
 
     config = session_config(bench_config("heavy", ROOT), root, port)
-    app = config["applications"][0]
-    voice = next(d for d in app["deployments"] if d["name"] == "voice")
-    voice["user_config"]["model"] = str(ensure_heavy_voice(ROOT).relative_to(ROOT))
+    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    deployments["voice"]["user_config"]["model"] = str(ensure_heavy_voice(ROOT).relative_to(ROOT))
+    # Text and voice each on a core of its own (Ray sizes torch's threads to num_cpus), as each model has its own
+    # device in a cluster: with both on every core they slow each other down, which is this machine, not the
+    # composition. Stage timeouts long enough that a saturated voice service queues rather than times out.
+    for name in ("text", "voice"):
+        deployments[name]["ray_actor_options"]["num_cpus"] = 1
+    deployments["pipeline"]["user_config"]["timeouts_s"] = {"article": 600, "image": 600, "audio": 600}
     return config
 
 

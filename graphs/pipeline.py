@@ -16,7 +16,8 @@ recommendations are optional: when one fails or times out the record is ``partia
 
 Registering the content with the recommender goes through the catalog's outbox (graphs/relay.py): the record and
 its entry are written in one transaction, the pipeline delivers the entry at once, and the relay delivers
-whatever is still pending.
+whatever is still pending. Past 400 lines because it is one idea: the stages of one content that both
+compositions share, in the order they run, each with its timeout and its failure.
 """
 
 from __future__ import annotations
