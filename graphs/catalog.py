@@ -57,7 +57,11 @@ class ContentCatalog(MigratedStore):
                 # client gone) gives its key back, and a resend may already be making the content anew.
                 ended = conn.execute(
                     sa.update(KEYS)
-                    .where(KEYS.c.key == idempotency_key, KEYS.c.content_id == record["id"])
+                    .where(
+                        KEYS.c.key == idempotency_key,
+                        KEYS.c.content_id == record["id"],
+                        KEYS.c.state == "making",  # a second attempt on the same content id stores nothing
+                    )
                     .values(state="done")
                 )
                 if ended.rowcount != 1:

@@ -384,6 +384,11 @@ class ContentPipeline:
         record.status = "partial" if record.errors else "complete"
         try:
             return await asyncio.to_thread(self._write, ctx, image, audio, started)
+        except _MadeElsewhere as made:
+            # Another attempt under the same key (one whose replica looked dead, and was not) stored this content
+            # first: that content is the answer, and nothing of this attempt is written.
+            ctx.record = ContentRecord.model_validate(made.record)
+            return []
         except Exception as exc:
             if isinstance(exc, ServiceError):
                 failure = exc
@@ -397,6 +402,7 @@ class ContentPipeline:
 
     def _write(self, ctx: Making, image: ImageResult | None, audio: VoiceResult | None, started: float) -> list[Any]:
         record = ctx.record
+        self._check_not_made(ctx)
         if image is not None:
             self.assets.put(asset_key(record.id, "image"), image.images[0])
         if audio is not None:
@@ -407,9 +413,24 @@ class ContentPipeline:
         # The record as GET will answer it: the time to store it is all but the transaction itself.
         record.timings_ms["store"] = elapsed_ms(started)
         record.timings_ms["total"] = elapsed_ms(ctx.started)
-        return self.catalog.add(
-            record.model_dump(mode="json"), owed, claim_s=self.config.relay.claim_s, idempotency_key=ctx.idempotency_key
-        )
+        try:
+            return self.catalog.add(
+                record.model_dump(mode="json"),
+                owed,
+                claim_s=self.config.relay.claim_s,
+                idempotency_key=ctx.idempotency_key,
+            )
+        except Conflict:
+            self._check_not_made(ctx)  # the other attempt stored it between the check and this write
+            raise
+
+    def _check_not_made(self, ctx: Making) -> None:
+        """Raise ``_MadeElsewhere`` when the content of this attempt's key is already stored (a takeover of an
+        attempt that went on after all makes the same content id: never write it twice)."""
+        if ctx.idempotency_key is not None:
+            stored = self.catalog.get(ctx.record.id)
+            if stored is not None:
+                raise _MadeElsewhere(stored)
 
     @staticmethod
     def _item(ctx: Making) -> ItemIn:
@@ -449,6 +470,14 @@ class ContentPipeline:
         if record is None or (record.image_url if kind == "image" else record.audio_url) is None:
             return None
         return self.assets.get(asset_key(content_id, kind))
+
+
+class _MadeElsewhere(Exception):
+    """The content of an idempotency key was stored by another attempt: ``record`` is the answer."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(record["id"])
+        self.record = record
 
 
 def new_content_id() -> str:

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from deployments.errors import InvalidRequest
+from deployments.errors import Conflict
 from edge.dependencies import CallerDep, IngressDep, UserHeader, error_responses, require_admin
 from edge.openai.streaming import SSE_HEADERS
 from edge.routes.content import IdempotencyKey, stage_variants
@@ -100,14 +100,14 @@ async def requeue_job(job_id: JobIdParam, ingress: IngressDep, caller: CallerDep
     return await asyncio.to_thread(ingress.job_board().requeue, job_id)
 
 
-@router.post("/v1/jobs/{job_id}/drop", status_code=204, responses=error_responses(400, 403, 404, 503))
+@router.post("/v1/jobs/{job_id}/drop", status_code=204, responses=error_responses(403, 404, 409, 503))
 async def drop_job(job_id: JobIdParam, ingress: IngressDep, caller: CallerDep) -> Response:
     """Delete a dead-lettered job and its events (admin keys only)."""
     require_admin(caller)
     board = ingress.job_board()
     if not await asyncio.to_thread(board.store.drop, job_id):
         await asyncio.to_thread(board.get, job_id)  # 404 for an unknown job
-        raise InvalidRequest("only a failed job can be dropped; cancel a queued or running one", "job_id")
+        raise Conflict("only a failed job can be dropped: cancel a queued or running one", "job_id")
     return Response(status_code=204)
 
 
@@ -120,7 +120,11 @@ async def job_events(
     ingress: IngressDep,
     last_event_id: Annotated[
         str | None,
-        Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,9}$", description="Resume after this event."),
+        Header(
+            alias="Last-Event-ID",
+            max_length=100,
+            description="Resume after this event (an `id` this stream sent; anything else starts from the first).",
+        ),
     ] = None,
 ) -> StreamingResponse:
     """The job's events as server-sent events, each with its `id`: the streamed content's (`started`, `token`,
@@ -128,7 +132,8 @@ async def job_events(
     (its end state). Sent again with `Last-Event-ID`, it goes on after that event; nothing is lost."""
     board = ingress.job_board()
     await asyncio.to_thread(board.get, job_id)  # 404 before the stream starts
-    after = int(last_event_id) if last_event_id is not None else -1
+    # The id of an event this stream sent; anything else (as SSE allows any string) replays from the first.
+    after = int(last_event_id) if last_event_id is not None and last_event_id.isdigit() else -1
     return StreamingResponse(_follow(board, job_id, after), media_type="text/event-stream", headers=SSE_HEADERS)
 
 

@@ -296,7 +296,8 @@ def use_broker(config: dict[str, Any], broker: dict[str, str] | None, databases:
         return config
     jobs = app["args"]["jobs"]
     # A dead consumer's job delivered again, and a dead run's job taken over, within seconds (not an hour).
-    jobs.update(broker, lease_s=6.0, retry_backoff_s=0.5, visibility_timeout_s=15, restore_interval_s=2)
+    # Five attempts: the chaos run kills every deployment a job uses within half a minute.
+    jobs.update(broker, lease_s=6.0, retry_backoff_s=0.5, visibility_timeout_s=15, restore_interval_s=2, max_attempts=5)
     if databases["kind"] == "postgresql":
         jobs["store_url"] = "env:CONTENT_STUDIO_CATALOG_URL"
     consumer = next(d for d in app["deployments"] if d["name"] == "jobs")

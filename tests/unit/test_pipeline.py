@@ -292,3 +292,22 @@ def test_a_replica_shutting_down_stops_its_outbox_relay(replicas, tmp_path) -> N
 
     running, task = run(scenario())
     assert running and task.cancelled()
+
+
+def test_a_takeover_whose_content_the_first_attempt_stored_answers_that_content(replicas, tmp_path) -> None:
+    """A replica looked dead and was not: its attempt stores the content while the takeover still makes it (the
+    same content id). The takeover writes nothing and answers the stored content: one content per key."""
+    pipeline = make_pipeline(replicas, tmp_path)
+    request = ContentRequest(topic="harbours", user_id="user-8", seed=4)
+    _, content_id, _ = pipeline.catalog.claim_key("k-4", fingerprint(request), "c" + "1" * 32, lease_s=600)
+    first = {"id": content_id, "status": "complete", "topic": "harbours", "length": "short", "created_at": 1.0}
+    real_write = pipeline._write
+
+    def first_attempt_stores_then(ctx, *args):
+        pipeline.catalog.add(first, idempotency_key="k-4")  # the first attempt finishes first
+        return real_write(ctx, *args)
+
+    pipeline._write = first_attempt_stores_then
+    answered = run(pipeline.create(request, key="k-4", takeover=True))
+    assert answered.id == content_id and answered.created_at == 1.0  # the first attempt's content
+    assert pipeline.page(10, 0).total == 1 and pipeline.asset(content_id, "audio") is None  # nothing written twice
