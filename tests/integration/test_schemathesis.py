@@ -36,5 +36,5 @@ def test_schemathesis_with_every_check_finds_nothing(base_url: str, deployed_app
     summary = done.stdout[-3000:]
     failures = done.stdout.partition("FAILURES")[2].partition("WARNINGS")[0]  # each failure with its reproduction
     tested = next(line for line in summary.splitlines() if line.strip().startswith("Tested:"))
-    assert int(tested.split(":")[1]) >= 27, summary  # every operation of the API was exercised
+    assert int(tested.split(":")[1]) >= 33, summary  # every operation of the API was exercised (one left out)
     assert done.returncode == 0, failures[:12000] + summary
