@@ -49,6 +49,9 @@ def streaming_config(root: Path, port: int) -> dict[str, Any]:
     # composition. Stage timeouts long enough that a saturated voice service queues rather than times out.
     for name in ("text", "voice"):
         deployments[name]["ray_actor_options"]["num_cpus"] = 1
+    # Two voice replicas for both compositions: the streamed one can speak two parts of one content at once
+    # (`narration.in_flight`), the sequential one reads a whole article in one call; at c=8 both use both.
+    deployments["voice"]["num_replicas"] = 2
     deployments["pipeline"]["user_config"]["timeouts_s"] = {"article": 600, "image": 600, "audio": 600}
     return config
 

@@ -47,6 +47,13 @@ class NarrationConfig(StrictModel):
         description="A sentence still open at this many characters is cut at its last clause (or word) and sent, "
         "so a run-on sentence never holds the voice back.",
     )
+    first_chars: int = Field(
+        48,
+        ge=10,
+        le=2000,
+        description="The first part (usually the title) is cut at its last word before this many characters: the "
+        "voice's time grows with the text, and the first sound is what a listener waits for.",
+    )
     in_flight: int = Field(
         2,
         ge=1,

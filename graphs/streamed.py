@@ -81,6 +81,19 @@ class SentenceAggregator:
         return space + 1 if space > 0 else self.max_chars
 
 
+def first_part(text: str, limit: int) -> tuple[str, str]:
+    """``text`` cut at its last clause or word before ``limit`` characters: (head, the rest or "")."""
+    if len(text) <= limit:
+        return text, ""
+    window = text[:limit]
+    cut = max(window.rfind(mark) + 1 for mark in (", ", "; ", ": ", " - "))
+    if cut <= 0:
+        cut = window.rfind(" ")
+    if cut <= 0:
+        return text, ""  # one long word: say it whole
+    return text[:cut].strip(), text[cut:].strip()
+
+
 def _speakable(part: str) -> bool:
     return any(ch.isalnum() for ch in part)
 
@@ -246,8 +259,13 @@ class StreamedComposition:
             self._start_image(Narrative(title=title, body=part))
 
     def _narrate(self, text: str) -> None:
-        if self.audio_started is None:
+        if self.audio_started is None:  # the first part: short, so that the first sound comes soon
             self.audio_started = time.perf_counter()
+            head, tail = first_part(text, self.config.narration.first_chars)
+            self.narration.add(head)
+            if tail:
+                self.narration.add(tail)
+            return
         self.narration.add(text)
 
     # --- the voice -------------------------------------------------------------------------------------

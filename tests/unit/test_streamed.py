@@ -10,7 +10,7 @@ import pytest
 
 from deployments.voice import SpeechPart
 from graphs.config import NarrationConfig
-from graphs.streamed import Narration, SentenceAggregator
+from graphs.streamed import Narration, SentenceAggregator, first_part
 
 
 def feed(aggregator: SentenceAggregator, text: str, step: int) -> list[str]:
@@ -47,6 +47,17 @@ def test_short_sentences_join_the_next_and_run_ons_are_cut_at_a_clause() -> None
 
 def test_parts_with_nothing_to_say_are_dropped() -> None:
     assert feed(SentenceAggregator(min_chars=1, max_chars=200), "... !? Fine. -- ", 2) == ["Fine."]
+
+
+def test_the_first_part_is_short_so_that_the_first_sound_comes_soon() -> None:
+    title = "The lighthouse keeper and the long winter of the northern harbour town."
+    head, tail = first_part(title, 48)
+    assert len(head) <= 48 and f"{head} {tail}" == title and not head.endswith(" ")
+    assert first_part("Short title.", 48) == ("Short title.", "")
+    assert first_part("Waves, gulls and a very long run of words without any clause", 20) == (
+        "Waves,",
+        "gulls and a very long run of words without any clause",
+    )
 
 
 def test_narration_config_bounds() -> None:
