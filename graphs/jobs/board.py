@@ -85,5 +85,12 @@ class JobBoard:
     def view(job: dict[str, Any]) -> JobView:
         content = f"/v1/content/{job['content_id']}" if job.get("content_id") else None
         urls = JobUrls(job=f"/v1/jobs/{job['id']}", events=f"/v1/jobs/{job['id']}/events", content=content)
-        fields = {name: job.get(name) for name in JobView.model_fields if name not in ("urls",)}
-        return JobView.model_validate({**fields, "cancel_requested": bool(job.get("cancel_requested")), "urls": urls})
+        fields = {name: job.get(name) for name in JobView.model_fields if name not in ("urls", "topic")}
+        return JobView.model_validate(
+            {
+                **fields,
+                "topic": job["request"]["topic"],
+                "cancel_requested": bool(job.get("cancel_requested")),
+                "urls": urls,
+            }
+        )

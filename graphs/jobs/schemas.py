@@ -22,6 +22,7 @@ class JobView(StrictModel):
     """A job as ``GET /v1/jobs/{id}`` answers it."""
 
     id: str
+    topic: str = Field(description="What the content is about (from the request).")
     state: JobState
     stage: str | None = Field(None, description="The last stage reached while running (`article`, `audio`...).")
     position: int | None = Field(None, description="Jobs queued before this one (while `queued`).")

@@ -137,6 +137,7 @@ def test_the_studio_from_creating_to_operations(base_url: str, tmp_path: Path, d
         expect(page.locator("body")).to_have_attribute("data-ops-loaded", "true", timeout=30_000)
         assert page.locator("#services tr").count() >= 5
         assert page.locator("#experiments tr").count() >= 2
+        expect(page.locator("#jobs-summary")).to_contain_text("dead-lettered")  # content jobs: counts, dead letters
         page.get_by_role("button", name="Retrain now").click()
         expect(page.locator("#notice")).to_contain_text("Retrained", timeout=120_000)
         page.screenshot(path=str(shots / "studio-ops.png"), full_page=True)

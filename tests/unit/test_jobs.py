@@ -201,3 +201,15 @@ def test_a_running_job_is_cancelled_at_its_next_beat(store: JobStore) -> None:
     assert result == {"r": "cancelled"} and stream.cancelled.is_set()
     assert store.get(jid(1))["state"] == "cancelled"
     assert store.events(jid(1), -1)[-1][2]["state"] == "cancelled"
+
+
+def test_a_job_as_the_api_answers_it(store: JobStore) -> None:
+    from graphs.jobs.board import JobBoard
+
+    store.submit(jid(1), REQUEST, {}, "f", None)
+    view = JobBoard.view(store.get(jid(1)))
+    assert (view.topic, view.state, view.position, view.attempts) == ("tides", "queued", 0, 0)
+    assert view.urls.events == f"/v1/jobs/{jid(1)}/events" and view.urls.content is None
+    store.claim(jid(1), "a", 5)
+    store.finish(jid(1), "a", "complete", content_id="c1")
+    assert JobBoard.view(store.get(jid(1))).urls.content == "/v1/content/c1"
