@@ -48,8 +48,9 @@ def tiny_variant(
     num_cpus: float = 0.1,
     dtype: str | None = None,
 ) -> dict[str, Any]:
-    """The first application of ``config`` with tiny models and small CPU/memory requests (GPUs kept)."""
-    app = copy.deepcopy(app_of(config))
+    """The first application of ``config`` with tiny models and small CPU/memory requests (GPUs kept), taking no
+    jobs (a copy must not consume its original's queue)."""
+    app = without_jobs(copy.deepcopy(app_of(config)))
     local_app = app_of(load(LOCAL))
     local = deployments_of(local_app)
     app["runtime_env"] = copy.deepcopy(local_app.get("runtime_env", {}))
