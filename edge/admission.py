@@ -46,11 +46,7 @@ class EdgeAdmission:
     def read(self, details: dict[str, Any]) -> dict[str, int | None]:
         """Each deployment's share of capacity for this ingress replica: the app's capacity (``capacities``)
         split among the running ingress replicas."""
-        ingresses = max(1, running_replicas(details, self.app, INGRESS))
-        return {
-            name: None if total is None else max(1, math.ceil(total / ingresses))
-            for name, total in capacities(details, self.app, self.deployments).items()
-        }
+        return shares(capacities(details, self.app, self.deployments), running_replicas(details, self.app, INGRESS))
 
     @contextlib.contextmanager
     def enter(self, deployment: str) -> Iterator[None]:
@@ -91,6 +87,13 @@ def capacities(details: dict[str, Any], app: str, deployments: tuple[str, ...]) 
         else:
             out[name] = replicas * (config.get("max_ongoing_requests", 5) + queued)
     return out
+
+
+def shares(capacity: dict[str, int | None], holders: int) -> dict[str, int | None]:
+    """Each of ``holders``' share of every service's capacity (None: no cap), at least one place each: the ingress
+    replicas share it, and so do the C edges of the nodes (together they admit what the service holds)."""
+    n = max(1, holders)
+    return {name: None if cap is None else max(1, math.ceil(cap / n)) for name, cap in capacity.items()}
 
 
 async def serve_details() -> dict[str, Any]:

@@ -1,27 +1,34 @@
 """The edge's Serve deployments: the ingress (thin wiring over ``Ingress``, its FastAPI app built in each replica)
-and the C edge in front of Serve's proxy (thin wiring over ``HAProxyEdge``)."""
+and the C edge in front of Serve's proxy on every node that serves HTTP (thin wiring over ``HAProxyEdge`` and
+``edge.nodes``)."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 from typing import Any
 
+import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from edge.admission import capacities, serve_details
+from edge.admission import capacities, serve_details, shares
 from edge.app import create_app
 from edge.haproxy import CAPPED_ROUTES, EdgeConfig, HAProxyEdge
 from edge.ingress import Ingress
+from edge.nodes import EdgePlace, edge_places
 
 
-def _app_name() -> str | None:
-    """The Serve application this replica belongs to (its capacity is read from the controller by app)."""
+def _replica() -> tuple[str | None, str | None]:
+    """The Serve application this replica belongs to (its capacity is read from the controller by app) and the
+    replica's id (its per-replica counts say whose they are)."""
     try:
-        return serve.get_replica_context().app_name
+        context = serve.get_replica_context()
+        return context.app_name, context.replica_id.unique_id
     except Exception:  # outside a replica (unit tests): no capacity to read
-        return None
+        return None, None
 
 
 @serve.deployment(name="ingress")
@@ -34,7 +41,9 @@ class IngressDeployment(Ingress):
         variants: tuple[str, ...] = (),
         jobs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(handles, config, variants, _app_name(), jobs)
+        app_name, replica = _replica()
+        super().__init__(handles, config, variants, app_name, jobs)
+        self.stats.replica = replica
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self)
@@ -45,67 +54,134 @@ class IngressDeployment(Ingress):
         self.admission.start()
 
 
+class NodeEdge:
+    """One node's HAProxy (``HAProxyEdge``), in an actor pinned to that node: it lives as long as its owner (the
+    edge replica) and its node, and HAProxy dies with it (``PR_SET_PDEATHSIG``)."""
+
+    def __init__(self, config: dict[str, Any], place: EdgePlace, route_prefix: str) -> None:
+        config = EdgeConfig.model_validate(config).model_copy(update={"port": place.port})
+        self.edge = HAProxyEdge(config, place.upstream, route_prefix)
+        atexit.register(self.edge.stop)  # a graceful exit (``retire``) stops HAProxy and removes its folder
+        self.edge.start()
+
+    def apply(self, share: dict[str, int | None]) -> dict[str, int]:
+        if not self.edge.alive():
+            raise RuntimeError("HAProxy is not running")
+        return self.edge.apply(share)
+
+    def describe(self) -> dict[str, Any]:
+        edge = self.edge
+        return {
+            "running": edge.alive(),
+            "pid": edge.process.pid if edge.process else None,
+            "address": f"{edge.config.host}:{edge.config.port}",
+            "upstream": f"{edge.upstream[0]}:{edge.upstream[1]}",
+            "limits": dict(edge.limits),
+            "stats": edge.stats() if edge.alive() else {},
+        }
+
+
+async def answer(ref: Any, timeout_s: float = 15.0) -> Any:
+    """A ``NodeEdge``'s answer, or TimeoutError: an edge whose node is gone must not stall the others' caps."""
+
+    async def wait() -> Any:
+        return await ref
+
+    return await asyncio.wait_for(wait(), timeout_s)
+
+
+def retire(actor: Any) -> None:
+    """End a ``NodeEdge`` after what it is doing (its exit stops HAProxy); a dead one is already gone."""
+    with contextlib.suppress(Exception):
+        actor.__ray_terminate__.remote()
+
+
 @serve.deployment(name="edge", ray_actor_options={"num_cpus": 0})
 class EdgeDeployment:
-    """HAProxy in front of this node's Serve proxy (``edge.haproxy``): its own Serve application, so that Serve
-    restarts it when its health check fails, ``serve deploy`` changes its config in place, and stopping the app
-    stops HAProxy. Capacities are re-read from the controller every ``refresh_s`` and applied at runtime."""
+    """The C edge on every node that serves HTTP (``edge.nodes``): this one replica keeps a ``NodeEdge`` on each
+    node with a Serve proxy, as nodes come and go, and caps them all every ``refresh_s`` with their shares of the
+    services' capacities. An application of its own, so that Serve restarts it when its health check fails (its
+    edges go with the old replica and come back with the new one), ``serve deploy`` changes its config in place,
+    and stopping the app stops every HAProxy."""
 
     def __init__(self) -> None:
-        self.edge: HAProxyEdge | None = None
+        self.config = EdgeConfig()
+        self.edges: dict[str, tuple[EdgePlace, Any]] = {}  # node id -> its place and its NodeEdge actor
         self._task: asyncio.Task[None] | None = None
         self.error: str | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        config = EdgeConfig.model_validate(user_config or {})
-        details = await serve_details()
-        http = details["http_options"]
-        host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::", "") else http["host"]
-        route_prefix = details["applications"].get(config.app, {}).get("route_prefix") or "/"
         self.stop()
-        self.edge = HAProxyEdge(config, (host, http["port"]), route_prefix)
-        await asyncio.to_thread(self.edge.start)
-        self._task = asyncio.get_running_loop().create_task(self._refresh(self.edge))
+        self.config = EdgeConfig.model_validate(user_config or {})
+        await self.tend()  # the first edges are up before Serve calls this replica ready
+        if self.error:
+            raise RuntimeError(f"the edge did not start: {self.error}")
+        self._task = asyncio.get_running_loop().create_task(self._tend_forever())
 
-    async def _refresh(self, edge: HAProxyEdge) -> None:
+    async def _tend_forever(self) -> None:
         while True:
-            try:
-                details = await serve_details()
-                capacity = (
-                    capacities(details, edge.config.app, tuple(CAPPED_ROUTES))
-                    if edge.config.app in details["applications"]
-                    else {}
-                )
-                await asyncio.to_thread(edge.apply, capacity)
-                self.error = None
-            except Exception as exc:  # the last limits stay; the error shows in `describe`
-                self.error = f"{type(exc).__name__}: {exc}"[:200]
-            await asyncio.sleep(edge.config.refresh_s)
+            await asyncio.sleep(self.config.refresh_s)
+            await self.tend()
 
-    def describe(self) -> dict[str, Any]:
-        """The HAProxy process, its address and limits, per-service stats from its admin socket."""
-        edge = self.edge
-        if edge is None or not edge.alive():
-            return {"running": False, "error": self.error}
-        return {
-            "running": True,
-            "pid": edge.process.pid,
-            "address": f"{edge.config.host}:{edge.config.port}",
-            "upstream": f"{edge.upstream[0]}:{edge.upstream[1]}",
-            "limits": dict(edge.limits),
-            "stats": edge.stats(),
-            "error": self.error,
+    async def tend(self) -> None:
+        """One round: an edge on each node with a proxy (none on a node that left), every edge capped at its share;
+        an edge that died is replaced on the next round. Errors stay in ``describe`` (the last caps stay)."""
+        try:
+            details = await serve_details()
+            config = self.config
+            places = edge_places(details, config.port, {node: place for node, (place, _) in self.edges.items()})
+            for node in set(self.edges) - set(places):
+                retire(self.edges.pop(node)[1])
+            route_prefix = details["applications"].get(config.app, {}).get("route_prefix") or "/"
+            for node, place in places.items():
+                if node not in self.edges:
+                    self.edges[node] = (place, self._start(node, place, route_prefix))
+            known = config.app in details["applications"]
+            capacity = capacities(details, config.app, tuple(CAPPED_ROUTES)) if known else {}
+            share = shares(capacity, len(self.edges))
+            nodes = list(self.edges)
+            results = await asyncio.gather(
+                *(answer(self.edges[node][1].apply.remote(share)) for node in nodes), return_exceptions=True
+            )
+            failed = {node: r for node, r in zip(nodes, results, strict=True) if isinstance(r, BaseException)}
+            for node in failed:  # dead, or its HAProxy is: replaced next round
+                retire(self.edges.pop(node)[1])
+            self.error = "; ".join(f"{node[:8]}: {type(e).__name__}: {e}"[:200] for node, e in failed.items()) or None
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"[:200]
+
+    def _start(self, node: str, place: EdgePlace, route_prefix: str) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        actor = ray.remote(NodeEdge).options(
+            num_cpus=0,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+        )
+        return actor.remote(self.config.model_dump(mode="json"), place, route_prefix)
+
+    async def describe(self) -> dict[str, Any]:
+        """Every node's edge (its HAProxy, address, upstream, limits, per-service stats from its admin socket)."""
+        nodes = list(self.edges)
+        answers = await asyncio.gather(
+            *(answer(self.edges[node][1].describe.remote()) for node in nodes), return_exceptions=True
+        )
+        edges = {
+            node: a if not isinstance(a, BaseException) else {"running": False, "error": f"{type(a).__name__}"}
+            for node, a in zip(nodes, answers, strict=True)
         }
+        return {"running": any(e["running"] for e in edges.values()), "edges": edges, "error": self.error}
 
     def check_health(self) -> None:
-        if self.edge is None or not self.edge.alive():
-            raise RuntimeError("HAProxy is not running")
+        if not self.edges or (self._task is not None and self._task.done()):
+            raise RuntimeError(f"no edge is running: {self.error}")
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        if self.edge is not None:
-            self.edge.stop()
+        for _, actor in self.edges.values():
+            retire(actor)
+        self.edges.clear()
 
     def __del__(self) -> None:  # Serve calls it when the replica stops
         self.stop()

@@ -47,10 +47,16 @@ UPSTREAM = "serve"  # the server name of Serve's proxy in every backend
 
 
 class EdgeConfig(StrictModel):
-    """The C edge of one node: where clients connect, and how long a request may wait for a place."""
+    """The C edge on every node that serves HTTP: where clients connect, how long a request may wait for a place."""
 
     host: str = Field("127.0.0.1", description="Address clients connect to: loopback on a laptop, 0.0.0.0 in a pod.")
-    port: int = Field(8000, ge=1, le=65535, description="Port clients connect to (Serve's proxy listens on its own).")
+    port: int = Field(
+        8000,
+        ge=1,
+        le=65535,
+        description="Port clients connect to on every node (Serve's proxy listens on its own); nodes sharing one "
+        "address (several Ray nodes on one host) get the next free ports.",
+    )
     app: str = Field("content-studio", description="The Serve application fronted; its services' capacity caps.")
     queue_timeout_ms: int = Field(
         50, ge=0, le=60_000, description="How long a request over a service's cap waits for a place, then 503."
@@ -94,6 +100,7 @@ def render(config: EdgeConfig, upstream: tuple[str, int], route_prefix: str, fol
         "global",
         f"    maxconn {config.max_connections}",
         "    nbthread 2",
+        "    noreuseport",  # a second edge on a port in use fails loudly instead of silently sharing it
         f"    stats socket {folder / 'admin.sock'} mode 600 level admin",
         "defaults",
         "    mode http",

@@ -1,0 +1,45 @@
+"""Where the C edge runs: one HAProxy on every node that serves HTTP, each fronting its own node's Serve proxy.
+
+Serve's ``proxy_location`` decides which nodes run a proxy (the head only, or every node); the edge follows it,
+read from the controller's view (``proxies``), so a node that joins gets an edge and a node that leaves takes its
+edge with it. On a real cluster every node has its own address and every edge the configured port. Several Ray
+nodes on one host (the test cluster, ``ray.cluster_utils.Cluster``) share an address: their edges get the port,
+the next one, and so on (the head's first), each keeping its port while its node lives. A service's capacity is
+shared out among the edges as among the ingress replicas (``edge.admission.shares``): together they admit what it holds.
+No Ray here: the Serve wiring is ``edge.deployment``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+GONE = {"DRAINED"}  # a proxy that no longer serves: its node's edge goes too (a draining one is still answered 503)
+
+
+class EdgePlace(NamedTuple):
+    """Where one node's edge listens and where that node's Serve proxy is."""
+
+    node_ip: str
+    port: int
+    upstream: tuple[str, int]
+
+
+def edge_places(details: dict[str, Any], base_port: int, kept: dict[str, EdgePlace]) -> dict[str, EdgePlace]:
+    """An edge per node with a Serve proxy (``get_serve_instance_details``), by node id: nodes in ``kept`` keep
+    their place; a new node takes the lowest port from ``base_port`` up that no other edge on its address holds."""
+    proxies = {n: p for n, p in details.get("proxies", {}).items() if p.get("status") not in GONE}
+    http = details["http_options"]
+    # The edge runs on its proxy's node: loopback reaches a proxy bound to every interface.
+    host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::", "") else http["host"]
+    head = details.get("controller_info", {}).get("node_id")
+    places = {node: place for node, place in kept.items() if node in proxies}
+    for node in sorted(proxies, key=lambda n: (n != head, n)):
+        if node in places:
+            continue
+        ip = proxies[node]["node_ip"]
+        taken = {p.port for p in places.values() if p.node_ip == ip}
+        port = base_port
+        while port in taken:
+            port += 1
+        places[node] = EdgePlace(ip, port, (host, http["port"]))
+    return places
