@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.deploy import app_of, gpus_requested, load
+from app.deploy import EDGE_IMPORT_PATH, app_of, gpus_requested, load
 from cluster.render_rayservice import OUT, render
+from edge.haproxy import EdgeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT.parent / "shared" / "kuberay"
@@ -226,3 +227,17 @@ def test_a_fresh_production_install_needs_no_trained_seed() -> None:
     app = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
     recommend = next(d for d in app["deployments"] if d["name"] == "recommend")["user_config"]
     assert recommend["model"] is None
+
+
+def test_every_pods_serve_port_is_its_c_edge_in_front_of_a_loopback_proxy() -> None:
+    """KubeRay's Service and readiness probe use the container port named `serve`: on every pod it is the port of
+    the C edge (the `edge` application, on every node with a proxy), and Serve's own proxy is on loopback only."""
+    config = yaml.safe_load(MANIFEST["spec"]["serveConfigV2"])
+    edge = next(a for a in config["applications"] if a["import_path"] == EDGE_IMPORT_PATH)
+    edge_config = EdgeConfig.model_validate(edge["deployments"][0]["user_config"])
+    assert config["proxy_location"] == "EveryNode" and edge_config.host == "0.0.0.0"
+    assert config["http_options"]["host"] == "127.0.0.1" and config["http_options"]["port"] != edge_config.port
+    cluster = MANIFEST["spec"]["rayClusterConfig"]
+    for spec in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        ports = {p["name"]: p["containerPort"] for p in spec["template"]["spec"]["containers"][0].get("ports", [])}
+        assert ports.get("serve") == edge_config.port, spec.get("groupName", "head")
