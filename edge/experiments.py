@@ -132,6 +132,7 @@ class ExperimentStats:
         self._stats: dict[tuple[str, str], _VariantStats] = {}
         self._lock = threading.Lock()
         self.since = time.time()
+        self.replica: str | None = None  # the counting ingress replica's id (set in a Serve replica)
 
     def record(self, experiment: str, variant: str, seconds: float, ok: bool) -> None:
         with self._lock:
@@ -191,6 +192,7 @@ class ExperimentReport(StrictModel):
 class ExperimentList(StrictModel):
     experiments: list[ExperimentReport]
     since: float = Field(description="When the counting replica started (counts are per ingress replica).")
+    replica: str | None = Field(None, description="The counting ingress replica's id (the fleet's: Prometheus).")
 
 
 def report(
@@ -198,6 +200,7 @@ def report(
     stats: dict[str, dict[str, dict[str, Any]]],
     engagement: dict[str, dict[str, dict[str, int]]],
     since: float,
+    replica: str | None = None,
 ) -> ExperimentList:
     out = []
     for name, experiment in experiments.items():
@@ -218,4 +221,4 @@ def report(
                 interactions=engaged.get("interactions", 0),
             )
         out.append(ExperimentReport(name=name, service=experiment.service, model=experiment.model, variants=variants))
-    return ExperimentList(experiments=out, since=since)
+    return ExperimentList(experiments=out, since=since, replica=replica)

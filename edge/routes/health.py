@@ -88,4 +88,5 @@ async def experiments(ingress: IngressDep) -> ExperimentList:
         engagement = await ingress.call(PIPELINE, "experiment_engagement")
     except Exception:  # engagement is a bonus: the request counts are here
         engagement = {}
-    return report(ingress.config.experiments, ingress.stats.snapshot(), engagement, ingress.stats.since)
+    stats = ingress.stats
+    return report(ingress.config.experiments, stats.snapshot(), engagement, stats.since, stats.replica)

@@ -1,15 +1,14 @@
 """Chaos: under mixed load, one replica of every deployment in turn is killed, a few seconds apart, while the
-replicas killed before are still being replaced (two ingress replicas). Clients behave as the openai client does
-(they resend on 409, 429, 5xx and dropped connections, honouring Retry-After, and keep a content request's
-Idempotency-Key across resends), through the C edge; content jobs are submitted alongside and their consumer is
-killed too. Nothing is lost, nothing is made twice (jobs included), a content misses only the stage of a service
-killed while it was being made, and every failed answer is JSON (a 503 with Retry-After).
-The long run (``slow``: several rounds) is for game days, not `make test`."""
+replicas killed before are still being replaced (one of the local profile's two ingress replicas too). Clients
+behave as the openai client does (they resend on 409, 429, 5xx and dropped connections, honouring Retry-After,
+and keep a content request's Idempotency-Key across resends), through the C edge; content jobs are submitted
+alongside and their consumer is killed too. Nothing is lost, nothing is made twice (jobs included), a content
+misses only the stage of a service killed while it was being made, and every failed answer is JSON (a 503 with
+Retry-After). The long run (``slow``: several rounds) is for game days, not `make test`."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 import time
 import uuid
@@ -127,15 +126,13 @@ async def mixed_load(url: str, seconds: float, made: Made, counts: Counter, jobs
     return clients
 
 
-def chaos(client: httpx.Client, deployed_app: dict, redeploy, rounds: int) -> None:
-    config = copy.deepcopy(deployed_app["config"])
-    ingress = deployments_of(app_of(config))["ingress"]
-    ingress.pop("autoscaling_config", None)
-    ingress["num_replicas"] = 2
+def chaos(client: httpx.Client, deployed_app: dict, rounds: int) -> None:
+    config = deployed_app["config"]
+    assert deployments_of(app_of(config))["ingress"]["num_replicas"] == 2  # as the local profile runs it
     # Where the app takes content jobs, they are submitted too, and their consumer is killed as well.
     jobs: dict[str, set[str]] | None = {} if "jobs" in app_of(config).get("args", {}) else None
     targets = (*DEPLOYMENTS, "jobs") if jobs is not None else DEPLOYMENTS
-    redeploy(config, app=APP, healthy=targets)
+    wait_deployments_healthy(APP, targets)
     edge = edge_url(config)  # the load goes through the C edge, as clients of the local profile do
     assert edge is not None
     wait_healthy(edge)
@@ -201,12 +198,12 @@ def finished_jobs(client: httpx.Client, jobs: dict[str, set[str]], timeout: floa
 
 @pytest.mark.late
 def test_killing_any_replica_under_mixed_load_loses_and_doubles_nothing(
-    client: httpx.Client, deployed_app: dict, redeploy
+    client: httpx.Client, deployed_app: dict
 ) -> None:
-    chaos(client, deployed_app, redeploy, rounds=1)
+    chaos(client, deployed_app, rounds=1)
 
 
 @pytest.mark.late
 @pytest.mark.slow
-def test_a_long_chaos_run_loses_and_doubles_nothing(client: httpx.Client, deployed_app: dict, redeploy) -> None:
-    chaos(client, deployed_app, redeploy, rounds=4)
+def test_a_long_chaos_run_loses_and_doubles_nothing(client: httpx.Client, deployed_app: dict) -> None:
+    chaos(client, deployed_app, rounds=4)

@@ -1,4 +1,5 @@
-"""A/B experiments in the running app: the local profile's 90/10 text experiment over HTTP."""
+"""A/B experiments in the running app: the local profile's 90/10 text experiment over HTTP. Request counts are
+each ingress replica's own (the local profile runs two): the tests read every running replica's report."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections import Counter
 import httpx
 import openai
 import pytest
+
+from tests.integration.conftest import running_replicas
 
 USERS = 1000
 
@@ -31,15 +34,46 @@ def complete_as(base_url: str, users: list[str], concurrency: int = 16) -> list[
 
 
 def experiment_report(client: httpx.Client) -> dict:
+    """One ingress replica's report: its own request counts, and the content and interactions (the pipeline's,
+    the same from every replica)."""
     body = client.get("/v1/experiments").json()
     return next(e for e in body["experiments"] if e["name"] == "text-v2")
 
 
+def every_replicas_report(client: httpx.Client, timeout: float = 60) -> dict[str, dict]:
+    """``GET /v1/experiments`` of every running ingress replica, by replica id: asked until as many replicas
+    answered as Serve reports RUNNING (which replica answers is the proxy's choice)."""
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < running_replicas("content-studio")["ingress"]:
+        assert time.monotonic() < deadline, f"{len(seen)} ingress replicas answered"
+        body = client.get("/v1/experiments").json()
+        seen[body["replica"]] = body
+    return seen
+
+
+def fleet_counts(client: httpx.Client) -> dict[str, dict[str, int]]:
+    """Requests and errors per variant, added up over every ingress replica."""
+    counts: dict[str, dict[str, int]] = {}
+    for body in every_replicas_report(client).values():
+        experiment = next(e for e in body["experiments"] if e["name"] == "text-v2")
+        for name, variant in experiment["variants"].items():
+            total = counts.setdefault(name, {"requests": 0, "errors": 0})
+            total["requests"] += variant["requests"]
+            total["errors"] += variant["errors"]
+    return counts
+
+
 @pytest.fixture(scope="module")
 def split(base_url: str, client: httpx.Client) -> dict:
-    before = experiment_report(client)
+    before = fleet_counts(client)
     responses = complete_as(base_url, [f"ab-user-{n}" for n in range(USERS)])
-    return {"before": before, "responses": responses, "after": experiment_report(client)}
+    return {
+        "before": before,
+        "responses": responses,
+        "after": fleet_counts(client),
+        "report": experiment_report(client),
+    }
 
 
 def test_a_thousand_users_split_90_10_and_every_answer_names_its_variant(split: dict) -> None:
@@ -56,13 +90,15 @@ def test_a_thousand_users_split_90_10_and_every_answer_names_its_variant(split: 
 
 def test_the_experiments_route_reports_the_counts(split: dict) -> None:
     variants = Counter(r.headers["x-model-variant"] for r in split["responses"])
-    before, after = split["before"]["variants"], split["after"]["variants"]
+    before, after = split["before"], split["after"]
     for name in ("control", "candidate"):
         assert after[name]["requests"] - before[name]["requests"] == variants[name]
         assert after[name]["errors"] == before[name]["errors"]
-        assert after[name]["p50_ms"] > 0 and after[name]["p95_ms"] >= after[name]["p50_ms"]
-    assert (after["control"]["share"], after["candidate"]["share"]) == (0.9, 0.1)
-    assert after["candidate"]["deployment"] == "text-b"
+    report = split["report"]["variants"]  # one replica's: it counted some of the thousand
+    for name in ("control", "candidate"):
+        assert report[name]["p50_ms"] > 0 and report[name]["p95_ms"] >= report[name]["p50_ms"]
+    assert (report["control"]["share"], report["candidate"]["share"]) == (0.9, 0.1)
+    assert report["candidate"]["deployment"] == "text-b"
 
 
 def test_a_user_keeps_their_variant_and_a_request_may_pin_one(split: dict, base_url: str) -> None:
@@ -92,7 +128,7 @@ def test_content_records_its_variant_and_engagement_is_attributed(client: httpx.
 def test_weights_change_in_place_without_dropping_requests(
     base_url: str, client: httpx.Client, deployed_app: dict, redeploy
 ) -> None:
-    since = client.get("/v1/experiments").json()["since"]
+    since = {replica: body["since"] for replica, body in every_replicas_report(client).items()}
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -113,15 +149,23 @@ def test_weights_change_in_place_without_dropping_requests(
         variants["control"]["weight"], variants["candidate"]["weight"] = 50, 50
         redeploy(config)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and experiment_report(client)["variants"]["candidate"]["share"] != 0.5:
+
+        def shares() -> set[float]:  # the candidate's share as every ingress replica applies it
+            return {
+                next(e for e in body["experiments"] if e["name"] == "text-v2")["variants"]["candidate"]["share"]
+                for body in every_replicas_report(client).values()
+            }
+
+        while time.monotonic() < deadline and shares() != {0.5}:
             time.sleep(1)
-        assert experiment_report(client)["variants"]["candidate"]["share"] == 0.5
+        assert shares() == {0.5}
         time.sleep(2)  # some load on the new weights
     finally:
         stop.set()
         worker.join()
     assert statuses and set(statuses) == {200}, Counter(statuses)
-    assert client.get("/v1/experiments").json()["since"] == since  # the same ingress replica: no restart
+    after = {replica: body["since"] for replica, body in every_replicas_report(client).items()}
+    assert after == since  # the same ingress replicas: no restart
     responses = complete_as(base_url, [f"ab-user-{n}" for n in range(400)])
     share = sum(r.headers["x-model-variant"] == "candidate" for r in responses) / 400
     assert 0.4 < share < 0.6
