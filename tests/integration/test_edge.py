@@ -1,16 +1,23 @@
 """The C edge (HAProxy, edge/haproxy.py) in front of the session's app, as the local profile deploys it.
 
 Asserted: requests pass through it; its caps follow the services' capacity as Serve reports it; a request over a
-cap gets OpenAI's JSON error with 503 and ``Retry-After`` from the edge itself; it listens on loopback only; and
-deleting its application stops the HAProxy process. Timings belong to ``make bench`` (bench/burst.py).
+cap gets OpenAI's JSON error with 503 and ``Retry-After`` from the edge itself; it listens on loopback only;
+deleting its application stops the HAProxy process; and on a cluster with a proxy on every node (a Ray cluster of
+its own, ``every_node_edge.py``), every node gets an edge on a port of its own, and a node stopped under load
+only delays requests. Timings belong to ``make bench`` (bench/burst.py).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import copy
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,11 +30,16 @@ from ray import serve
 from app.deploy import EDGE_IMPORT_PATH, edge_url, free_port
 from edge.admission import capacities
 from edge.haproxy import CAPPED_ROUTES
-from tests.integration.conftest import serve_cli
+from tests.integration.conftest import replica_ids, running_replicas, serve_cli, wait_deployments_healthy
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def describe(app: str) -> dict[str, Any]:
-    return serve.get_deployment_handle("edge", app).describe.remote().result(timeout_s=30)
+    """The edge of the session's one HTTP node (the local profile serves HTTP on the head only)."""
+    edges = serve.get_deployment_handle("edge", app).describe.remote().result(timeout_s=30)["edges"]
+    assert len(edges) == 1, edges
+    return next(iter(edges.values()))
 
 
 def wait_edge(url: str, timeout: float = 120) -> None:
@@ -141,3 +153,90 @@ def test_a_burst_over_a_cap_is_refused_by_the_edge_in_json_and_its_app_stops_hap
         time.sleep(0.2)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/v1/health", timeout=5)
+
+
+@pytest.mark.late
+def test_every_node_serving_http_has_an_edge_and_a_lost_node_only_delays_requests(tmp_path) -> None:
+    """On a Ray cluster of its own (head and two workers on this host, Serve's proxies on every node): an edge per
+    node, each on its own port (they share an address), loopback only, each answering through Serve; a worker
+    stopped outright under load through the head's edge: its edge goes, every request still ends in a 200 (resent
+    after a JSON 503 with Retry-After, or after a lost connection), and stopping Serve stops every HAProxy."""
+    out = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.every_node_edge", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env={**os.environ, "RAY_ADDRESS": ""},  # a cluster of its own, not the session's
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    nodes = {report["nodes"]["head"], *report["nodes"]["workers"]}
+    edges = report["edges"]
+    assert set(edges) == nodes
+    ports = {int(e["address"].rsplit(":", 1)[1]) for e in edges.values()}
+    assert len(ports) == 3  # one host: distinct ports, the head's first
+    assert int(edges[report["nodes"]["head"]]["address"].rsplit(":", 1)[1]) == min(ports)
+    for edge in edges.values():
+        assert edge["listening"] == [["127.0.0.1", int(edge["address"].rsplit(":", 1)[1])]]
+    assert all(answer["node"] in nodes for answer in report["answers"].values())  # through Serve to a replica
+    after = report["after_loss"]
+    assert after["edges"] == sorted(nodes - {report["removed"]})
+    assert after["failures"] == [] and after["statuses"].count(200) > 0
+    for status, content_type, retry_after in after["refusals"]:  # only delayed, and told when to come back
+        assert status in (502, 503, 504) and content_type == "application/json" and retry_after, after["refusals"]
+    assert set(report["survivor_answers"].values()) == {200}
+    assert report["left_running_after_shutdown"] == []
+
+
+def load_while_an_ingress_replica_dies(edge: str, max_retries: int, seconds: float = 8.0) -> tuple[int, list]:
+    """Completions from six threads of the official openai client through the edge for ``seconds``; two seconds in,
+    one of the two ingress replicas is killed (Ray does not restart it; Serve replaces it). Returns the number of
+    completions and every exception the client raised."""
+    import openai
+
+    oai = openai.OpenAI(base_url=f"{edge}/v1", api_key="unused", max_retries=max_retries, timeout=120)
+    deadline = time.monotonic() + seconds
+    errors: list[Exception] = []
+
+    def worker(n: int) -> int:
+        done = 0
+        while time.monotonic() < deadline:
+            try:
+                oai.completions.create(model="tiny-gpt2", prompt=f"Harbour {n} {done}", max_tokens=8, seed=n)
+                done += 1
+            except openai.OpenAIError as exc:
+                errors.append(exc)
+        return done
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(worker, n) for n in range(6)]
+        time.sleep(2)
+        (replica, *_) = sorted(replica_ids("content-studio")["ingress"])
+        ray.kill(ray.get_actor(f"SERVE_REPLICA::content-studio#ingress#{replica}", namespace="serve"), no_restart=True)
+        completed = sum(f.result() for f in futures)
+    wait_deployments_healthy("content-studio", ("ingress",))
+    deadline = time.monotonic() + 120  # the replacement replica running beside the survivor
+    while running_replicas("content-studio")["ingress"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    return completed, errors
+
+
+def test_an_ingress_replica_lost_under_load_fails_only_with_json_503s_that_one_resend_survives(edge: str) -> None:
+    """The local profile runs two ingress replicas. With the openai client's ``max_retries=0``, a request in flight
+    on the replica that dies fails, as a JSON 503 with Retry-After from the edge, never a plain 500 or a dropped
+    connection; with one retry (the client honours Retry-After), no request fails."""
+    import openai
+
+    assert running_replicas("content-studio")["ingress"] == 2
+    completed, errors = load_while_an_ingress_replica_dies(edge, max_retries=0)
+    assert completed > 0
+    for error in errors:
+        assert isinstance(error, openai.APIStatusError), repr(error)  # never a connection error
+        assert error.status_code == 503 and error.response.headers["retry-after"], error
+        assert error.response.headers["content-type"] == "application/json"
+        assert error.body["type"] == "service_unavailable", error.body  # OpenAI's error shape
+    completed, errors = load_while_an_ingress_replica_dies(edge, max_retries=1)
+    assert completed > 0 and errors == [], [repr(e) for e in errors]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import httpx
 import ray
 
-from app.deploy import deployments_of
+from app.deploy import deployments_of, edge_url
 from tests.integration.conftest import extra_app, wait_healthy, with_app
 
 MODELS = ("text", "image", "voice", "recommend")
@@ -124,7 +125,9 @@ def test_overload_gets_503_at_once_and_slowness_504_at_the_timeout(deployed_app:
 
 def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, redeploy, tmp_path) -> None:
     """Two extra nodes offer a `spot` resource; text must run on one. Removing its node: requests fail fast or
-    degrade while Serve restarts the replica on the other node, then succeed again. Nothing hangs."""
+    degrade while Serve restarts the replica on the other node, then succeed again; nothing hangs. Meanwhile
+    clients that resend what was refused, after its Retry-After (the openai client's way), through the C edge: every
+    one of their requests is only delayed, each refusal a JSON 503 saying when to come back (or the ingress's 504)."""
     cluster = deployed_app["cluster"]
     # Spot nodes have no CPUs for anyone else: only the text replica (0 CPUs, half a `spot`) can land there.
     spot = [cluster.add_node(num_cpus=0, resources={"spot": 1}) for _ in range(2)]
@@ -143,6 +146,7 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
         url = f"{deployed_app['url']}/spot"
         node = httpx.get(f"{url}/v1/health", timeout=30).json()["services"]["text"]["node_id"]
         doomed = next(n for n in spot if n.node_id == node)
+        resending = ResendingClients(f"{edge_url(deployed_app['config'])}/spot/v1/completions", clients=3)
         cluster.remove_node(doomed, allow_graceful=False)
 
         outcomes: list[tuple[int, float]] = []
@@ -158,6 +162,10 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
         # Each request got an answer (the client's own timeout, 30 s, would have raised): the service's, or a
         # clear 503/504 while its replica moved; nothing hung.
         assert all(status in (200, 503, 504) for status, _ in outcomes), outcomes
+        served, refusals, failures = resending.stop()
+        assert failures == [] and served > 0, failures  # through the edge: delayed, never failed
+        for status, content_type, retry_after in refusals:  # a 504 (the ingress's timeout) is resent as any 5xx
+            assert status in (503, 504) and "json" in content_type and (retry_after or status == 504), refusals
         # The replacement answers; its description may lag a moment behind (health asks each service with a
         # short timeout, and says "unavailable" meanwhile), so ask until it names its node.
         health: dict = {}
@@ -170,6 +178,45 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
         for node in spot:
             if node in cluster.worker_nodes:
                 cluster.remove_node(node)
+
+
+class ResendingClients:
+    """Threads sending completions to ``url`` until stopped; each request resent after a 5xx's Retry-After (at
+    most 30 times), as the openai client does. ``stop`` returns completions served, every refusal (status,
+    content type, Retry-After) and the requests that never got a 200."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.url, self.done = url, threading.Event()
+        self.served, self.refusals, self.failures = 0, [], []
+        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, n: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            while not self.done.is_set():
+                for _ in range(30):
+                    try:
+                        response = http.post(self.url, json={"prompt": f"Spot {n}", "max_tokens": 2})
+                    except httpx.TransportError as exc:  # the edge holds the connection: never expected
+                        self.failures.append(repr(exc))
+                        break
+                    if response.status_code == 200:
+                        self.served += 1
+                        break
+                    headers = response.headers
+                    self.refusals.append(
+                        (response.status_code, headers.get("content-type", ""), headers.get("retry-after"))
+                    )
+                    time.sleep(float(headers.get("retry-after") or 1))
+                else:
+                    self.failures.append(f"no 200 after 30 sends: {response.status_code} {response.text[:200]}")
+
+    def stop(self) -> tuple[int, list, list]:
+        self.done.set()
+        for thread in self.threads:
+            thread.join(300)
+        return self.served, self.refusals, self.failures
 
 
 def test_a_replica_failing_its_health_checks_is_replaced(deployed_app: dict, redeploy) -> None:
