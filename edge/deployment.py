@@ -5,7 +5,6 @@ and the C edge in front of Serve's proxy on every node that serves HTTP (thin wi
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 from typing import Any
 
@@ -61,8 +60,11 @@ class NodeEdge:
     def __init__(self, config: dict[str, Any], place: EdgePlace, route_prefix: str) -> None:
         config = EdgeConfig.model_validate(config).model_copy(update={"port": place.port})
         self.edge = HAProxyEdge(config, place.upstream, route_prefix)
-        atexit.register(self.edge.stop)  # a graceful exit (``retire``) stops HAProxy and removes its folder
         self.edge.start()
+
+    def stop(self) -> None:
+        """Stop HAProxy (its port is free when this returns) and remove its folder."""
+        self.edge.stop()
 
     def apply(self, share: dict[str, int | None]) -> dict[str, int]:
         if not self.edge.alive():
@@ -90,10 +92,12 @@ async def answer(ref: Any, timeout_s: float = 15.0) -> Any:
     return await asyncio.wait_for(wait(), timeout_s)
 
 
-def retire(actor: Any) -> None:
-    """End a ``NodeEdge`` after what it is doing (its exit stops HAProxy); a dead one is already gone."""
+async def retire(actor: Any) -> None:
+    """Stop a ``NodeEdge``'s HAProxy, freeing its port for the next one, then end the actor (a dead one is gone)."""
     with contextlib.suppress(Exception):
-        actor.__ray_terminate__.remote()
+        await answer(actor.stop.remote(), timeout_s=10.0)
+    with contextlib.suppress(Exception):
+        ray.kill(actor)
 
 
 @serve.deployment(name="edge", ray_actor_options={"num_cpus": 0})
@@ -111,10 +115,18 @@ class EdgeDeployment:
         self.error: str | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.stop()
-        self.config = EdgeConfig.model_validate(user_config or {})
-        await self.tend()  # the first edges are up before Serve calls this replica ready
-        if self.error:
+        config = EdgeConfig.model_validate(user_config or {})
+        if self._task is not None:
+            self._task.cancel()
+        await asyncio.gather(*(retire(actor) for _, actor in self.edges.values()))  # their ports are free
+        self.edges.clear()
+        self.config = config
+        for _ in range(10):  # the first edges are up before Serve calls this replica ready
+            await self.tend()
+            if not self.error:
+                break
+            await asyncio.sleep(1)  # a port still held by a predecessor that is exiting
+        else:
             raise RuntimeError(f"the edge did not start: {self.error}")
         self._task = asyncio.get_running_loop().create_task(self._tend_forever())
 
@@ -131,7 +143,7 @@ class EdgeDeployment:
             config = self.config
             places = edge_places(details, config.port, {node: place for node, (place, _) in self.edges.items()})
             for node in set(self.edges) - set(places):
-                retire(self.edges.pop(node)[1])
+                await retire(self.edges.pop(node)[1])
             route_prefix = details["applications"].get(config.app, {}).get("route_prefix") or "/"
             for node, place in places.items():
                 if node not in self.edges:
@@ -145,7 +157,7 @@ class EdgeDeployment:
             )
             failed = {node: r for node, r in zip(nodes, results, strict=True) if isinstance(r, BaseException)}
             for node in failed:  # dead, or its HAProxy is: replaced next round
-                retire(self.edges.pop(node)[1])
+                await retire(self.edges.pop(node)[1])
             self.error = "; ".join(f"{node[:8]}: {type(e).__name__}: {e}"[:200] for node, e in failed.items()) or None
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"[:200]
@@ -176,12 +188,9 @@ class EdgeDeployment:
         if not self.edges or (self._task is not None and self._task.done()):
             raise RuntimeError(f"no edge is running: {self.error}")
 
-    def stop(self) -> None:
+    def __del__(self) -> None:  # Serve calls it when the replica stops; the kernel then ends each HAProxy
         if self._task is not None:
             self._task.cancel()
         for _, actor in self.edges.values():
-            retire(actor)
-        self.edges.clear()
-
-    def __del__(self) -> None:  # Serve calls it when the replica stops
-        self.stop()
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
