@@ -156,10 +156,12 @@ def databases() -> Iterator[dict[str, Any]]:
 def extra_app(config: dict[str, Any], name: str, services: tuple[str, ...] | None = None) -> dict[str, Any]:
     """A copy of the session's application as a second app ``name`` at ``/name``, for a test to change freely;
     without the A/B candidate (its deployment, ``args.variants`` and the ingress's experiments): every request
-    goes to the service under test. ``services``: deploy only these (and the ingress), as the builder's
-    ``args.services`` allows: a test loads the models it needs, not a whole copy of the app."""
+    goes to the service under test; one ingress replica. ``services``: deploy only these (and the ingress), as the
+    builder's ``args.services`` allows: a test loads the models it needs, not a whole copy of the app."""
     app = copy.deepcopy(config["applications"][0])
     app["name"], app["route_prefix"] = name, f"/{name}"
+    ingress = next(d for d in app["deployments"] if d["name"] == "ingress")
+    ingress.update(num_replicas=1)  # one is enough for a test's copy; the session's app runs the profile's two
     variants = {n for names in app.setdefault("args", {}).pop("variants", {}).values() for n in names}
     app["deployments"] = [d for d in app["deployments"] if d["name"] not in variants]
     return only(app, services) if services is not None else keep_possible_experiments(without_jobs(app))

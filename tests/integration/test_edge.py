@@ -4,7 +4,8 @@ Asserted: requests pass through it; its caps follow the services' capacity as Se
 cap gets OpenAI's JSON error with 503 and ``Retry-After`` from the edge itself; it listens on loopback only;
 deleting its application stops the HAProxy process; and on a cluster with a proxy on every node (a Ray cluster of
 its own, ``every_node_edge.py``), every node gets an edge on a port of its own, and a node stopped under load
-only delays requests. Timings belong to ``make bench`` (bench/burst.py).
+only delays requests (``slow``: ``pytest -m slow tests/integration/test_edge.py``). Timings belong to ``make bench``
+(bench/burst.py).
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def test_a_burst_over_a_cap_is_refused_by_the_edge_in_json_and_its_app_stops_hap
 
 
 @pytest.mark.late
+@pytest.mark.slow  # a Ray cluster of its own beside the session's: 82 s alone here, past 420 s once in a full run
 def test_every_node_serving_http_has_an_edge_and_a_lost_node_only_delays_requests(tmp_path) -> None:
     """On a Ray cluster of its own (head and two workers on this host, Serve's proxies on every node): an edge per
     node, each on its own port (they share an address), loopback only, each answering through Serve; a worker
