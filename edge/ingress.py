@@ -25,7 +25,14 @@ from deployments.errors import NotFound, ServiceError, from_exception
 from deployments.registry import MODEL_SERVICES, PIPELINE, VARIANT_SERVICES
 from edge.access import AccessConfig, AccessPolicy
 from edge.admission import EdgeAdmission
-from edge.experiments import Assignment, ExperimentConfig, ExperimentRouter, ExperimentStats, validate_experiments
+from edge.experiments import (
+    Assignment,
+    ExperimentConfig,
+    ExperimentRouter,
+    ExperimentStats,
+    report,
+    validate_experiments,
+)
 from edge.rate_limits import RateLimiter
 from edge.response_store import ResponsesConfig, ResponseStore
 from graphs.jobs import JobsConfig
@@ -236,6 +243,13 @@ class Ingress:
         return {VARIANT_HEADER: assignment.variant} if assignment is not None else {}
 
     # --- health -------------------------------------------------------------------------------------------
+    def experiments_here(self) -> dict[str, Any]:
+        """This replica's experiment report, without the pipeline's engagement: what a caller reading every ingress
+        replica through a handle adds up (``GET /v1/experiments`` answers from the replica the proxy picks, and
+        the proxy prefers its own node's)."""
+        stats = self.stats
+        return report(self.config.experiments, stats.snapshot(), {}, stats.since, stats.replica).model_dump()
+
     def describe_self(self) -> dict[str, Any]:
         """This ingress replica: who may call, whether rate limits are shared across replicas (Redis), and what
         it admits to each deployment."""

@@ -192,7 +192,23 @@ def test_every_node_serving_http_has_an_edge_and_a_lost_node_only_delays_request
     assert report["left_running_after_shutdown"] == []
 
 
-def load_while_an_ingress_replica_dies(edge: str, max_retries: int, seconds: float = 8.0) -> tuple[int, list]:
+def busiest_ingress_replica(head: str) -> Any:
+    """The ingress replica on the head node, where Serve's proxy runs (it prefers replicas on its own node, so
+    this one holds the requests in flight), else any."""
+    from ray.util.state import list_actors
+
+    names = sorted(f"SERVE_REPLICA::content-studio#ingress#{r}" for r in replica_ids("content-studio")["ingress"])
+    on_head = [
+        a.name
+        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        if a.name in names and a.node_id == head
+    ]
+    return ray.get_actor((on_head or names)[0], namespace="serve")
+
+
+def load_while_an_ingress_replica_dies(
+    edge: str, head: str, max_retries: int, seconds: float = 8.0
+) -> tuple[int, list]:
     """Completions from six threads of the official openai client through the edge for ``seconds``; two seconds in,
     one of the two ingress replicas is killed (Ray does not restart it; Serve replaces it). Returns the number of
     completions and every exception the client raised."""
@@ -215,8 +231,7 @@ def load_while_an_ingress_replica_dies(edge: str, max_retries: int, seconds: flo
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(worker, n) for n in range(6)]
         time.sleep(2)
-        (replica, *_) = sorted(replica_ids("content-studio")["ingress"])
-        ray.kill(ray.get_actor(f"SERVE_REPLICA::content-studio#ingress#{replica}", namespace="serve"), no_restart=True)
+        ray.kill(busiest_ingress_replica(head), no_restart=True)
         completed = sum(f.result() for f in futures)
     wait_deployments_healthy("content-studio", ("ingress",))
     deadline = time.monotonic() + 120  # the replacement replica running beside the survivor
@@ -226,19 +241,21 @@ def load_while_an_ingress_replica_dies(edge: str, max_retries: int, seconds: flo
     return completed, errors
 
 
-def test_an_ingress_replica_lost_under_load_fails_only_with_json_503s_that_one_resend_survives(edge: str) -> None:
+def test_an_ingress_replica_lost_under_load_fails_only_with_json_503s_that_one_resend_survives(
+    edge: str, deployed_app: dict
+) -> None:
     """The local profile runs two ingress replicas. With the openai client's ``max_retries=0``, a request in flight
     on the replica that dies fails, as a JSON 503 with Retry-After from the edge, never a plain 500 or a dropped
     connection; with one retry (the client honours Retry-After), no request fails."""
     import openai
 
     assert running_replicas("content-studio")["ingress"] == 2
-    completed, errors = load_while_an_ingress_replica_dies(edge, max_retries=0)
+    completed, errors = load_while_an_ingress_replica_dies(edge, deployed_app["head_node_id"], max_retries=0)
     assert completed > 0
     for error in errors:
         assert isinstance(error, openai.APIStatusError), repr(error)  # never a connection error
         assert error.status_code == 503 and error.response.headers["retry-after"], error
         assert error.response.headers["content-type"] == "application/json"
         assert error.body["type"] == "service_unavailable", error.body  # OpenAI's error shape
-    completed, errors = load_while_an_ingress_replica_dies(edge, max_retries=1)
+    completed, errors = load_while_an_ingress_replica_dies(edge, deployed_app["head_node_id"], max_retries=1)
     assert completed > 0 and errors == [], [repr(e) for e in errors]

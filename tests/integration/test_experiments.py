@@ -40,22 +40,26 @@ def experiment_report(client: httpx.Client) -> dict:
     return next(e for e in body["experiments"] if e["name"] == "text-v2")
 
 
-def every_replicas_report(client: httpx.Client, timeout: float = 60) -> dict[str, dict]:
-    """``GET /v1/experiments`` of every running ingress replica, by replica id: asked until as many replicas
-    answered as Serve reports RUNNING (which replica answers is the proxy's choice)."""
+def every_replicas_report(timeout: float = 60) -> dict[str, dict]:
+    """Every running ingress replica's own report (``experiments_here``: its counts), by replica id, asked through a
+    handle until as many replicas answered as Serve reports RUNNING. Over HTTP the proxy prefers the ingress
+    replica on its own node, so one replica may answer every ``GET /v1/experiments``."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("ingress", "content-studio")
     seen: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
     while len(seen) < running_replicas("content-studio")["ingress"]:
         assert time.monotonic() < deadline, f"{len(seen)} ingress replicas answered"
-        body = client.get("/v1/experiments").json()
+        body = handle.experiments_here.remote().result(timeout_s=30)
         seen[body["replica"]] = body
     return seen
 
 
-def fleet_counts(client: httpx.Client) -> dict[str, dict[str, int]]:
+def fleet_counts() -> dict[str, dict[str, int]]:
     """Requests and errors per variant, added up over every ingress replica."""
     counts: dict[str, dict[str, int]] = {}
-    for body in every_replicas_report(client).values():
+    for body in every_replicas_report().values():
         experiment = next(e for e in body["experiments"] if e["name"] == "text-v2")
         for name, variant in experiment["variants"].items():
             total = counts.setdefault(name, {"requests": 0, "errors": 0})
@@ -66,12 +70,12 @@ def fleet_counts(client: httpx.Client) -> dict[str, dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def split(base_url: str, client: httpx.Client) -> dict:
-    before = fleet_counts(client)
+    before = fleet_counts()
     responses = complete_as(base_url, [f"ab-user-{n}" for n in range(USERS)])
     return {
         "before": before,
         "responses": responses,
-        "after": fleet_counts(client),
+        "after": fleet_counts(),
         "report": experiment_report(client),
     }
 
@@ -128,7 +132,7 @@ def test_content_records_its_variant_and_engagement_is_attributed(client: httpx.
 def test_weights_change_in_place_without_dropping_requests(
     base_url: str, client: httpx.Client, deployed_app: dict, redeploy
 ) -> None:
-    since = {replica: body["since"] for replica, body in every_replicas_report(client).items()}
+    since = {replica: body["since"] for replica, body in every_replicas_report().items()}
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -153,7 +157,7 @@ def test_weights_change_in_place_without_dropping_requests(
         def shares() -> set[float]:  # the candidate's share as every ingress replica applies it
             return {
                 next(e for e in body["experiments"] if e["name"] == "text-v2")["variants"]["candidate"]["share"]
-                for body in every_replicas_report(client).values()
+                for body in every_replicas_report().values()
             }
 
         while time.monotonic() < deadline and shares() != {0.5}:
@@ -164,7 +168,7 @@ def test_weights_change_in_place_without_dropping_requests(
         stop.set()
         worker.join()
     assert statuses and set(statuses) == {200}, Counter(statuses)
-    after = {replica: body["since"] for replica, body in every_replicas_report(client).items()}
+    after = {replica: body["since"] for replica, body in every_replicas_report().items()}
     assert after == since  # the same ingress replicas: no restart
     responses = complete_as(base_url, [f"ab-user-{n}" for n in range(400)])
     share = sum(r.headers["x-model-variant"] == "candidate" for r in responses) / 400
