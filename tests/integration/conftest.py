@@ -195,16 +195,17 @@ def running_replicas(app: str) -> dict[str, int]:
     return {name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()}
 
 
-def replica_reports(app: str, deployment: str, timeout: float = 60) -> dict[str, dict]:
-    """Every running replica's own report (``describe``), by replica id: asked through a handle until as many
-    replicas answered as Serve reports RUNNING (the router spreads calls; which replica answers is its choice)."""
+def replica_reports(app: str, deployment: str, timeout: float = 60, method: str = "describe") -> dict[str, dict]:
+    """Every running replica's own report (``method``, a dict naming its ``replica``), by replica id: asked through
+    a handle until as many replicas answered as Serve reports RUNNING (the router spreads calls; which replica
+    answers is its choice)."""
     from ray import serve
 
     handle = serve.get_deployment_handle(deployment, app)
     seen: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = handle.describe.remote().result(timeout_s=30)
+        info = getattr(handle, method).remote().result(timeout_s=30)
         seen[info["replica"]] = info
         if len(seen) >= running_replicas(app)[deployment]:
             return seen

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import running_replicas
+from tests.integration.conftest import replica_reports
 
 USERS = 1000
 
@@ -40,20 +40,11 @@ def experiment_report(client: httpx.Client) -> dict:
     return next(e for e in body["experiments"] if e["name"] == "text-v2")
 
 
-def every_replicas_report(timeout: float = 60) -> dict[str, dict]:
-    """Every running ingress replica's own report (``experiments_here``: its counts), by replica id, asked through a
-    handle until as many replicas answered as Serve reports RUNNING. Over HTTP the proxy prefers the ingress
-    replica on its own node, so one replica may answer every ``GET /v1/experiments``."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle("ingress", "content-studio")
-    seen: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout
-    while len(seen) < running_replicas("content-studio")["ingress"]:
-        assert time.monotonic() < deadline, f"{len(seen)} ingress replicas answered"
-        body = handle.experiments_here.remote().result(timeout_s=30)
-        seen[body["replica"]] = body
-    return seen
+def every_replicas_report() -> dict[str, dict]:
+    """Every running ingress replica's own report (``experiments_here``: its counts), by replica id, through a
+    handle: over HTTP the proxy prefers the ingress replica on its own node, so one replica may answer every
+    ``GET /v1/experiments``."""
+    return replica_reports("content-studio", "ingress", method="experiments_here")
 
 
 def fleet_counts() -> dict[str, dict[str, int]]:
