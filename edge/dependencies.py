@@ -37,15 +37,16 @@ def error_responses(*statuses: int, common: bool = True) -> dict[int | str, dict
     return {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
-def current_ingress(request: Request) -> Ingress:
-    """The ``Ingress`` of the replica answering this request."""
+async def current_ingress(request: Request) -> Ingress:
+    """The ``Ingress`` of the replica answering this request. Dependencies are ``async``: FastAPI runs a plain
+    ``def`` one in its thread pool, a thread hand-off per request for a field read."""
     return request.app.state.ingress
 
 
 IngressDep = Annotated[Ingress, Depends(current_ingress)]
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
     """Who is calling (set by ``AccessMiddleware``): a key's name, role and bound user, or anonymous."""
     return getattr(request.state, "principal", ANONYMOUS)
 

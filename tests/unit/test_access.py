@@ -58,7 +58,7 @@ def make_app() -> FastAPI:
 
     @app.get("/v1/whoami")
     async def whoami(request: Request) -> dict:
-        caller = current_principal(request)
+        caller = await current_principal(request)
         return {"name": caller.name, "role": caller.role, "user": caller.user("someone-else")}
 
     @app.get("/v1/health")
