@@ -49,7 +49,7 @@ class LLMSettings:
     max_len: int = 256
     rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the saturation request rate
     guidellm_seconds: int = 30
-    hop_calls: int = 30
+    hop_calls: int = 100
 
     @classmethod
     def quick(cls) -> LLMSettings:
@@ -258,14 +258,17 @@ def ceiling(service: Any, items: list[tuple[list[int], int]]) -> dict[str, float
     return {"output_tokens_per_s": tokens / wall, "output_tokens": tokens, "wall_s": wall}
 
 
-def hop(service: Any, s: LLMSettings) -> dict[str, float]:
-    """One-token call: the engine in this process, through a DeploymentHandle, and a bare handle round trip."""
+def hop(service: Any, s: LLMSettings, url: str) -> dict[str, float]:
+    """One-token call: the engine in this process, through a DeploymentHandle, and over HTTP (``url``: the edge);
+    with the bare round trips of both paths (a handle call that does nothing, and ``GET /ping``: HTTP to the
+    ingress and back), so that what serving adds is what is left over."""
     from ray import serve
 
     from deployments.text import TextRequest
 
     request = TextRequest(prompt="Hello", max_tokens=1, temperature=0)
     handle = serve.get_deployment_handle("text", app_name=APP)
+    one = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
 
     def timed(call: Any) -> float:
         call()
@@ -276,10 +279,17 @@ def hop(service: Any, s: LLMSettings) -> dict[str, float]:
             samples.append((time.perf_counter() - started) * 1000)
         return statistics.median(samples)
 
-    direct = timed(lambda: asyncio.run(service.generate(service.prepare(request))))
-    through = timed(lambda: handle.generate.remote(request).result())
-    bare = timed(lambda: handle.describe.remote().result())
-    return {"direct_ms": direct, "handle_ms": through, "bare_handle_ms": bare, "added_ms": through - direct}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        out = {
+            "direct_ms": timed(lambda: asyncio.run(service.generate(service.prepare(request)))),
+            "handle_ms": timed(lambda: handle.generate.remote(request).result()),
+            "bare_handle_ms": timed(lambda: handle.describe.remote().result()),
+            "http_ms": timed(lambda: http.post("/v1/completions", json=one).raise_for_status()),
+            "bare_http_ms": timed(lambda: http.get("/ping").raise_for_status()),
+        }
+    out["added_ms"] = out["handle_ms"] - out["direct_ms"]
+    out["http_added_ms"] = out["http_ms"] - out["direct_ms"] - out["bare_http_ms"] - out["bare_handle_ms"]
+    return out
 
 
 def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:
@@ -345,7 +355,7 @@ def run_engine(
 def run(profile: str, s: LLMSettings) -> dict[str, Any]:
     from ray import serve
 
-    from app.deploy import free_port, session_config
+    from app.deploy import edge_url, free_port, session_config
     from deployments.text import TextConfig, TextService
     from offline.tiny_models import ensure_tiny_models
 
@@ -371,7 +381,9 @@ def run(profile: str, s: LLMSettings) -> dict[str, Any]:
         out["ceiling"] = ceiling(service, items)
         with local_ray() as dashboard:
             out["continuous"] = run_engine("continuous", configs["continuous"], dashboard, folder, items, s, tokenizer)
-            out["continuous"]["hop"] = hop(service, s)
+            continuous = configs["continuous"]
+            http = edge_url(continuous) or f"http://127.0.0.1:{continuous['http_options']['port']}"
+            out["continuous"]["hop"] = hop(service, s, http)
             service.close()
             serve.delete(APP)
             out["static"] = run_engine("static", configs["static"], dashboard, folder, items, s, tokenizer)

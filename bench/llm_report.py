@@ -20,6 +20,7 @@ def llm_ratios(r: dict[str, Any]) -> dict[str, float]:
         "ttft_p95_half_rate_vs_static": half_c["ttft_p95_s"] / half_s["ttft_p95_s"],
         "ttft_share_128": cont["ttft_128"]["share"],
         "handle_added_ms": cont["hop"]["added_ms"],
+        "http_added_ms": cont["hop"]["http_added_ms"],
     }
 
 
@@ -29,6 +30,7 @@ LLM_TARGETS = {  # name: (ratio, comparison, bound)
     "TTFT p95 at half saturation <= 0.3x static": ("ttft_p95_half_rate_vs_static", "<=", 0.3),
     "time to first token <= 10% of a 128-token completion": ("ttft_share_128", "<=", 0.10),
     "one-token call through a handle adds <= 5 ms over in-process": ("handle_added_ms", "<=", 5.0),
+    "one-token completion over HTTP adds <= 5 ms over in-process + bare round trips": ("http_added_ms", "<=", 5.0),
 }
 
 
@@ -98,10 +100,19 @@ def markdown(r: dict[str, Any]) -> str:
             "{}",
         )
     )
+    hop = c["hop"]
     rows.append(
         (
             "1-token call: in-process / handle / bare handle (ms)",
-            f"{c['hop']['direct_ms']:.1f} / {c['hop']['handle_ms']:.1f} / {c['hop']['bare_handle_ms']:.1f}",
+            f"{hop['direct_ms']:.1f} / {hop['handle_ms']:.1f} / {hop['bare_handle_ms']:.1f}",
+            None,
+            "{}",
+        )
+    )
+    rows.append(
+        (
+            "1-token completion over HTTP / bare HTTP round trip, GET /ping (ms)",
+            f"{hop['http_ms']:.1f} / {hop['bare_http_ms']:.1f}",
             None,
             "{}",
         )
