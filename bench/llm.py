@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import math
 import os
@@ -50,10 +51,12 @@ class LLMSettings:
     rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the saturation request rate
     guidellm_seconds: int = 30
     hop_calls: int = 100
+    streams: tuple[int, ...] = (8, 64)  # concurrent paced streams: the fewest and the most
+    paced_tokens: int = 48
 
     @classmethod
     def quick(cls) -> LLMSettings:
-        return cls(requests=8, max_len=48, rate_fractions=(0.5,), guidellm_seconds=5, hop_calls=5)
+        return cls(requests=8, max_len=48, rate_fractions=(0.5,), guidellm_seconds=5, hop_calls=5, paced_tokens=12)
 
 
 # --- workload -----------------------------------------------------------------------------------------------
@@ -292,6 +295,32 @@ def hop(service: Any, s: LLMSettings, url: str) -> dict[str, float]:
     return out
 
 
+PACE_S = 0.05  # a paced stream's time per token: a large model's step, whatever this machine's engine does
+
+
+def paced_streams(config: dict[str, Any], dashboard: str, folder: Path, url: str, s: LLMSettings) -> dict[str, Any]:
+    """Inter-token latency of ``s.streams`` concurrent streams with the text replica pacing every stream at
+    ``PACE_S`` per token (its ``faults.stream_delay_s``), so the engine's load per stream is the same at any count
+    and what grows with the count is the serving path's: a message per token through the replica, the ingress,
+    Serve's proxy and the edge. ``serve deploy`` reconfigures the text replica in place, and back afterwards."""
+    paced = copy.deepcopy(config)
+    text = next(d for d in paced["applications"][0]["deployments"] if d["name"] == "text")
+    text["user_config"].setdefault("faults", {})["stream_delay_s"] = PACE_S
+    deploy(paced, dashboard, folder, "paced")
+    deadline = time.monotonic() + 120
+    while measure(url, [([11, 12, 13, 14], 4)], None, True)["itl_p50_ms"] < 0.8 * PACE_S * 1000:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the text replica did not take its stream pacing within 120 s")
+        time.sleep(1)
+    out: dict[str, Any] = {"pace_ms": PACE_S * 1000}
+    for count in s.streams:
+        out[str(count)] = measure(url, [([11 + i % 50, 12, 13, 14], s.paced_tokens) for i in range(count)], None, True)
+    deploy(config, dashboard, folder, "unpaced")
+    low, high = (str(c) for c in (min(s.streams), max(s.streams)))
+    out["itl_ratio"] = out[high]["itl_p50_ms"] / out[low]["itl_p50_ms"]
+    return out
+
+
 def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:
     firsts, wholes = [], []
     for n in range(runs + 1):
@@ -384,6 +413,7 @@ def run(profile: str, s: LLMSettings) -> dict[str, Any]:
             continuous = configs["continuous"]
             http = edge_url(continuous) or f"http://127.0.0.1:{continuous['http_options']['port']}"
             out["continuous"]["hop"] = hop(service, s, http)
+            out["continuous"]["paced_streams"] = paced_streams(continuous, dashboard, folder, http, s)
             service.close()
             serve.delete(APP)
             out["static"] = run_engine("static", configs["static"], dashboard, folder, items, s, tokenizer)

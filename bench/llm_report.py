@@ -21,6 +21,7 @@ def llm_ratios(r: dict[str, Any]) -> dict[str, float]:
         "ttft_share_128": cont["ttft_128"]["share"],
         "handle_added_ms": cont["hop"]["added_ms"],
         "http_added_ms": cont["hop"]["http_added_ms"],
+        "paced_itl_ratio": cont["paced_streams"]["itl_ratio"],
     }
 
 
@@ -31,6 +32,7 @@ LLM_TARGETS = {  # name: (ratio, comparison, bound)
     "time to first token <= 10% of a 128-token completion": ("ttft_share_128", "<=", 0.10),
     "one-token call through a handle adds <= 5 ms over in-process": ("handle_added_ms", "<=", 5.0),
     "one-token completion over HTTP adds <= 5 ms over in-process + bare round trips": ("http_added_ms", "<=", 5.0),
+    "ITL p50 of the most paced streams <= 1.1x the fewest's": ("paced_itl_ratio", "<=", 1.1),
 }
 
 
@@ -105,6 +107,16 @@ def markdown(r: dict[str, Any]) -> str:
         (
             "1-token call: in-process / handle / bare handle (ms)",
             f"{hop['direct_ms']:.1f} / {hop['handle_ms']:.1f} / {hop['bare_handle_ms']:.1f}",
+            None,
+            "{}",
+        )
+    )
+    paced = c["paced_streams"]
+    counts = [k for k in paced if k.isdigit()]
+    rows.append(
+        (
+            f"ITL p50 of {' / '.join(counts)} streams paced at {paced['pace_ms']:.0f} ms a token (ms)",
+            " / ".join(f"{paced[k]['itl_p50_ms']:.1f}" for k in counts),
             None,
             "{}",
         )
