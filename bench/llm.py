@@ -11,8 +11,9 @@ the other on the same Ray instance; each is measured:
 - with guidellm (the vLLM project's client) against ``/v1/completions``: its own Poisson and concurrent profiles;
 
 plus, for the new engine, its in-process ceiling on the same workload (``TextService`` in this process,
-everything submitted at once), the time to first token of one 128-token completion, and what a handle hop adds
-to a one-token call over the engine in-process. Targets are printed pass/MISS; nothing here is a test.
+everything submitted at once), the time to first token of one 128-token completion, what a handle and HTTP add
+to a one-token call over the engine in-process, and inter-token latency of few and many paced streams. The
+requests and their timing are bench/llm_load.py. Targets are printed pass/MISS; nothing here is a test.
 
     python -m bench.llm [--quick] [--profile heavy|local]
 """
@@ -37,10 +38,9 @@ from typing import Any
 
 import httpx
 
-from bench.harness import APP, RESULTS, ROOT, bench_config, deploy, ensure_heavy_text, local_ray, pct
+from bench.harness import APP, RESULTS, ROOT, bench_config, deploy, ensure_heavy_text, local_ray
+from bench.llm_load import MODEL, Sample, drive, measure, summarize
 from bench.llm_report import llm_ratios, llm_targets, markdown, plot
-
-MODEL = "bench-gpt2"
 
 
 @dataclass
@@ -70,85 +70,6 @@ def workload(s: LLMSettings, vocab: int, seed: int = 0) -> list[tuple[list[int],
     return [([rng.randrange(10, vocab) for _ in range(length())], length()) for _ in range(s.requests)]
 
 
-def body(prompt: list[int], output: int, stream: bool) -> dict[str, Any]:
-    out = {"model": MODEL, "prompt": prompt, "max_tokens": output, "ignore_eos": True, "temperature": 0}
-    if stream:
-        out.update(stream=True, stream_options={"include_usage": True})
-    return out
-
-
-@dataclass
-class Sample:
-    start: float
-    ttft: float
-    end: float
-    tokens: int
-    gaps: list[float]
-
-
-async def _one(client: httpx.AsyncClient, prompt: list[int], output: int, stream: bool, t0: float) -> Sample:
-    start = time.perf_counter()
-    if not stream:
-        response = await client.post("/v1/completions", json=body(prompt, output, False))
-        response.raise_for_status()
-        end = time.perf_counter()
-        return Sample(start - t0, end - start, end - t0, response.json()["usage"]["completion_tokens"], [])
-    first, last, tokens, gaps = None, None, 0, []
-    async with client.stream("POST", "/v1/completions", json=body(prompt, output, True)) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif chunk.get("choices") and chunk["choices"][0].get("text"):
-                now = time.perf_counter()
-                if first is None:
-                    first = now
-                else:
-                    gaps.append(now - last)
-                last = now
-    end = time.perf_counter()
-    return Sample(start - t0, (first or end) - start, end - t0, tokens, gaps)
-
-
-async def _drive(url: str, items: list[tuple[list[int], int]], rate: float | None, stream: bool) -> list[Sample]:
-    """Every request at once (``rate`` None), or open-loop Poisson arrivals at ``rate`` requests/s."""
-    rng = random.Random(1)
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        t0 = time.perf_counter()
-        tasks, at = [], 0.0
-        for prompt, output in items:
-            if rate is not None:
-                await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
-                at += rng.expovariate(rate)
-            tasks.append(asyncio.ensure_future(_one(client, prompt, output, stream, t0)))
-        return list(await asyncio.gather(*tasks))
-
-
-def summarize(samples: list[Sample]) -> dict[str, float]:
-    span = max(s.end for s in samples) - min(s.start for s in samples)
-    tokens = sum(s.tokens for s in samples)
-    gaps = [g for s in samples for g in s.gaps]
-    return {
-        "requests": len(samples),
-        "output_tokens": tokens,
-        "output_tokens_per_s": tokens / span,
-        "requests_per_s": len(samples) / span,
-        "ttft_p50_s": pct([s.ttft for s in samples], 0.5),
-        "ttft_p95_s": pct([s.ttft for s in samples], 0.95),
-        "itl_p50_ms": pct(gaps, 0.5) * 1000,
-        "itl_p95_ms": pct(gaps, 0.95) * 1000,
-        "e2e_p50_s": pct([s.end - s.start for s in samples], 0.5),
-    }
-
-
-def measure(url: str, items: list[tuple[list[int], int]], rate: float | None, stream: bool) -> dict[str, float]:
-    return summarize(asyncio.run(_drive(url, items, rate, stream)))
-
-
 class KVSampler:
     """The text engine's KV-cache use, from /v1/health, while a load runs."""
 
@@ -173,7 +94,7 @@ def saturate(url: str, items: list[tuple[list[int], int]], stream: bool) -> dict
         sampler = KVSampler(url)
         watcher = asyncio.ensure_future(sampler.run())
         try:
-            return await _drive(url, items, None, stream), sampler
+            return await drive(url, items, None, stream), sampler
         finally:
             sampler._stop = True
             await watcher
@@ -324,7 +245,7 @@ def paced_streams(config: dict[str, Any], dashboard: str, folder: Path, url: str
 def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:
     firsts, wholes = [], []
     for n in range(runs + 1):
-        samples = asyncio.run(_drive(url, [([11 + n, 12, 13, 14], tokens)], None, True))
+        samples = asyncio.run(drive(url, [([11 + n, 12, 13, 14], tokens)], None, True))
         if n:  # the first warms up
             firsts.append(samples[0].ttft)
             wholes.append(samples[0].end - samples[0].start)

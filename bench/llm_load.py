@@ -1,0 +1,96 @@
+"""The LLM benchmark's load: completions sent as token ids to ``/v1/completions``, plain or streamed, all at once
+or at Poisson arrivals, and what is measured of them (time to first token, inter-token gaps, throughput)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from bench.harness import pct
+
+MODEL = "bench-gpt2"  # the served model name the benchmark's configs give the text model
+
+
+def body(prompt: list[int], output: int, stream: bool) -> dict[str, Any]:
+    out = {"model": MODEL, "prompt": prompt, "max_tokens": output, "ignore_eos": True, "temperature": 0}
+    if stream:
+        out.update(stream=True, stream_options={"include_usage": True})
+    return out
+
+
+@dataclass
+class Sample:
+    start: float
+    ttft: float
+    end: float
+    tokens: int
+    gaps: list[float]
+
+
+async def _one(client: httpx.AsyncClient, prompt: list[int], output: int, stream: bool, t0: float) -> Sample:
+    start = time.perf_counter()
+    if not stream:
+        response = await client.post("/v1/completions", json=body(prompt, output, False))
+        response.raise_for_status()
+        end = time.perf_counter()
+        return Sample(start - t0, end - start, end - t0, response.json()["usage"]["completion_tokens"], [])
+    first, last, tokens, gaps = None, None, 0, []
+    async with client.stream("POST", "/v1/completions", json=body(prompt, output, True)) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk.get("choices") and chunk["choices"][0].get("text"):
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                else:
+                    gaps.append(now - last)
+                last = now
+    end = time.perf_counter()
+    return Sample(start - t0, (first or end) - start, end - t0, tokens, gaps)
+
+
+async def drive(url: str, items: list[tuple[list[int], int]], rate: float | None, stream: bool) -> list[Sample]:
+    """Every request at once (``rate`` None), or open-loop Poisson arrivals at ``rate`` requests/s."""
+    rng = random.Random(1)
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        tasks, at = [], 0.0
+        for prompt, output in items:
+            if rate is not None:
+                await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+                at += rng.expovariate(rate)
+            tasks.append(asyncio.ensure_future(_one(client, prompt, output, stream, t0)))
+        return list(await asyncio.gather(*tasks))
+
+
+def summarize(samples: list[Sample]) -> dict[str, float]:
+    span = max(s.end for s in samples) - min(s.start for s in samples)
+    tokens = sum(s.tokens for s in samples)
+    gaps = [g for s in samples for g in s.gaps]
+    return {
+        "requests": len(samples),
+        "output_tokens": tokens,
+        "output_tokens_per_s": tokens / span,
+        "requests_per_s": len(samples) / span,
+        "ttft_p50_s": pct([s.ttft for s in samples], 0.5),
+        "ttft_p95_s": pct([s.ttft for s in samples], 0.95),
+        "itl_p50_ms": pct(gaps, 0.5) * 1000,
+        "itl_p95_ms": pct(gaps, 0.95) * 1000,
+        "e2e_p50_s": pct([s.end - s.start for s in samples], 0.5),
+    }
+
+
+def measure(url: str, items: list[tuple[list[int], int]], rate: float | None, stream: bool) -> dict[str, float]:
+    return summarize(asyncio.run(drive(url, items, rate, stream)))
