@@ -197,17 +197,20 @@ def running_replicas(app: str) -> dict[str, int]:
 
 def replica_reports(app: str, deployment: str, timeout: float = 60, method: str = "describe") -> dict[str, dict]:
     """Every running replica's own report (``method``, a dict naming its ``replica``), by replica id: asked through
-    a handle until as many replicas answered as Serve reports RUNNING (the router spreads calls; which replica
-    answers is its choice)."""
+    a handle until as many replicas answered as Serve reports RUNNING. The calls of a round go out together: the
+    router sends each to the least loaded of two replicas, so one at a time they would all go to an idle replica
+    while another is kept busy (by a test's load, say); together they fill the idle one's count and spill over."""
     from ray import serve
 
     handle = serve.get_deployment_handle(deployment, app)
     seen: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = getattr(handle, method).remote().result(timeout_s=30)
-        seen[info["replica"]] = info
-        if len(seen) >= running_replicas(app)[deployment]:
+        running = running_replicas(app)[deployment]
+        for response in [getattr(handle, method).remote() for _ in range(4 * running)]:
+            info = response.result(timeout_s=30)
+            seen[info["replica"]] = info
+        if len(seen) >= running:
             return seen
     raise TimeoutError(f"{app}/{deployment}: {len(seen)} replicas answered, {running_replicas(app)[deployment]} run")
 
