@@ -233,13 +233,13 @@ def paced_streams(config: dict[str, Any], dashboard: str, folder: Path, url: str
         if time.monotonic() > deadline:
             raise TimeoutError("the text replica did not take its stream pacing within 120 s")
         time.sleep(1)
-    out: dict[str, Any] = {"pace_ms": PACE_S * 1000}
-    for count in s.streams:
-        out[str(count)] = measure(url, [([11 + i % 50, 12, 13, 14], s.paced_tokens) for i in range(count)], None, True)
+    by_streams = {
+        str(count): measure(url, [([11 + i % 50, 12, 13, 14], s.paced_tokens) for i in range(count)], None, True)
+        for count in s.streams
+    }
     deploy(config, dashboard, folder, "unpaced")
-    low, high = (str(c) for c in (min(s.streams), max(s.streams)))
-    out["itl_ratio"] = out[high]["itl_p50_ms"] / out[low]["itl_p50_ms"]
-    return out
+    low, high = (by_streams[str(c)]["itl_p50_ms"] for c in (min(s.streams), max(s.streams)))
+    return {"pace_ms": PACE_S * 1000, "by_streams": by_streams, "itl_ratio": high / low}
 
 
 def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:

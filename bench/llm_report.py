@@ -112,11 +112,10 @@ def markdown(r: dict[str, Any]) -> str:
         )
     )
     paced = c["paced_streams"]
-    counts = [k for k in paced if k.isdigit()]
     rows.append(
         (
-            f"ITL p50 of {' / '.join(counts)} streams paced at {paced['pace_ms']:.0f} ms a token (ms)",
-            " / ".join(f"{paced[k]['itl_p50_ms']:.1f}" for k in counts),
+            f"ITL p50 of {' / '.join(paced['by_streams'])} streams paced at {paced['pace_ms']:.0f} ms a token (ms)",
+            " / ".join(f"{m['itl_p50_ms']:.1f}" for m in paced["by_streams"].values()),
             None,
             "{}",
         )
