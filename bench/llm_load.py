@@ -31,6 +31,7 @@ class Sample:
     end: float
     tokens: int
     gaps: list[float]
+    tpot: float | None = None  # time per output token after the first: the pace a client sees, however chunked
 
 
 async def _one(client: httpx.AsyncClient, prompt: list[int], output: int, stream: bool, t0: float) -> Sample:
@@ -57,7 +58,8 @@ async def _one(client: httpx.AsyncClient, prompt: list[int], output: int, stream
                     gaps.append(now - last)
                 last = now
     end = time.perf_counter()
-    return Sample(start - t0, (first or end) - start, end - t0, tokens, gaps)
+    tpot = (last - first) / (tokens - 1) if first is not None and last is not None and tokens > 1 else None
+    return Sample(start - t0, (first or end) - start, end - t0, tokens, gaps, tpot)
 
 
 async def drive(url: str, items: list[tuple[list[int], int]], rate: float | None, stream: bool) -> list[Sample]:
@@ -88,6 +90,8 @@ def summarize(samples: list[Sample]) -> dict[str, float]:
         "ttft_p95_s": pct([s.ttft for s in samples], 0.95),
         "itl_p50_ms": pct(gaps, 0.5) * 1000,
         "itl_p95_ms": pct(gaps, 0.95) * 1000,
+        "tpot_p50_ms": pct([s.tpot for s in samples if s.tpot is not None], 0.5) * 1000,
+        "chunks_per_token": sum(len(s.gaps) + 1 for s in samples if s.tokens) / max(1, tokens),  # 1: one a token
         "e2e_p50_s": pct([s.end - s.start for s in samples], 0.5),
     }
 

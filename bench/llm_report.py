@@ -122,6 +122,14 @@ def markdown(r: dict[str, Any]) -> str:
     )
     rows.append(
         (
+            "Time per output token p50, the same streams (ms; equals ITL while each chunk holds one token)",
+            " / ".join(f"{m.get('tpot_p50_ms', float('nan')):.1f}" for m in paced["by_streams"].values()),
+            None,
+            "{}",
+        )
+    )
+    rows.append(
+        (
             "1-token completion over HTTP / bare HTTP round trip, GET /ping (ms)",
             f"{hop['http_ms']:.1f} / {hop['bare_http_ms']:.1f}",
             None,
