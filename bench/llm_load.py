@@ -81,6 +81,7 @@ def summarize(samples: list[Sample]) -> dict[str, float]:
     span = max(s.end for s in samples) - min(s.start for s in samples)
     tokens = sum(s.tokens for s in samples)
     gaps = [g for s in samples for g in s.gaps]
+    streamed = [s for s in samples if s.tpot is not None]
     return {
         "requests": len(samples),
         "output_tokens": tokens,
@@ -90,8 +91,9 @@ def summarize(samples: list[Sample]) -> dict[str, float]:
         "ttft_p95_s": pct([s.ttft for s in samples], 0.95),
         "itl_p50_ms": pct(gaps, 0.5) * 1000,
         "itl_p95_ms": pct(gaps, 0.95) * 1000,
-        "tpot_p50_ms": pct([s.tpot for s in samples if s.tpot is not None], 0.5) * 1000,
-        "chunks_per_token": sum(len(s.gaps) + 1 for s in samples if s.tokens) / max(1, tokens),  # 1: one a token
+        "tpot_p50_ms": pct([s.tpot for s in streamed if s.tpot is not None], 0.5) * 1000,
+        # over the streams that sent text (a chunk per gap, plus the first): 1 while each chunk holds one token
+        "chunks_per_token": sum(len(s.gaps) + 1 for s in streamed) / max(1, sum(s.tokens for s in streamed)),
         "e2e_p50_s": pct([s.end - s.start for s in samples], 0.5),
     }
 
