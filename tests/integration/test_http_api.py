@@ -84,7 +84,8 @@ def test_interactions_change_what_a_new_user_sees(client: httpx.Client) -> None:
         assert response.status_code == 202
     after = client.get("/v1/recommendations", params={"user_id": "fresh-user", "k": 3}).json()["items"]
     # Personal now: from the factors, or new content in its reserved places (which can rank anywhere).
-    assert "als" in {i["reason"] for i in after} and {i["reason"] for i in after} <= {"als", "content"}
+    reasons = {i["reason"] for i in after}
+    assert "als" in reasons and reasons <= {"als", "content"}
     assert not {"item-3", "item-7", "item-11"} & {i["item_id"] for i in after}
 
 
