@@ -103,3 +103,19 @@ async def serve_details() -> dict[str, Any]:
 
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     return await controller.get_serve_instance_details.remote()
+
+
+async def ingress_targets(app: str) -> list[tuple[str, int]]:
+    """The ``ip:port`` of every running ingress replica's own HTTP server (Serve's direct ingress), from the
+    controller's target groups; none when direct ingress is off (the groups then hold Serve's proxies, app "")."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    groups = await controller.get_target_groups.remote(app)
+    return [
+        (target.ip, target.port)
+        for group in groups
+        if group.app_name == app and getattr(group.protocol, "value", group.protocol) == "HTTP"
+        for target in group.targets
+    ]

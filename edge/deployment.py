@@ -1,6 +1,6 @@
 """The edge's Serve deployments: the ingress (thin wiring over ``Ingress``, its FastAPI app built in each replica)
-and the C edge in front of Serve's proxy on every node that serves HTTP (thin wiring over ``HAProxyEdge`` and
-``edge.nodes``)."""
+and the C edge on every node that serves HTTP, in front of the ingress replicas (direct ingress) or Serve's
+proxy (thin wiring over ``HAProxyEdge`` and ``edge.nodes``)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from edge.admission import capacities, serve_details, shares
+from edge.admission import capacities, ingress_targets, serve_details, shares
 from edge.app import create_app
 from edge.haproxy import CAPPED_ROUTES, EdgeConfig, HAProxyEdge
 from edge.ingress import Ingress
-from edge.nodes import EdgePlace, edge_places
+from edge.nodes import EdgePlace, edge_places, upstreams
 
 
 def _replica() -> tuple[str | None, str | None]:
@@ -59,25 +59,30 @@ class NodeEdge:
 
     def __init__(self, config: dict[str, Any], place: EdgePlace, route_prefix: str) -> None:
         config = EdgeConfig.model_validate(config).model_copy(update={"port": place.port})
-        self.edge = HAProxyEdge(config, place.upstream, route_prefix)
+        self.place = place
+        self.edge = HAProxyEdge(config, [place.upstream], route_prefix)
         self.edge.start()
 
     def stop(self) -> None:
         """Stop HAProxy (its port is free when this returns) and remove its folder."""
         self.edge.stop()
 
-    def apply(self, share: dict[str, int | None]) -> dict[str, int]:
+    def apply(self, share: dict[str, int | None], servers: list[tuple[str, int]]) -> dict[str, int]:
+        """Front these servers (``edge.nodes.upstreams``) with this edge's share of every service's capacity."""
         if not self.edge.alive():
             raise RuntimeError("HAProxy is not running")
+        self.edge.route(servers)
         return self.edge.apply(share)
 
     def describe(self) -> dict[str, Any]:
         edge = self.edge
+        servers = [a for a in edge.upstreams if a is not None]
         return {
             "running": edge.alive(),
             "pid": edge.process.pid if edge.process else None,
             "address": f"{edge.config.host}:{edge.config.port}",
-            "upstream": f"{edge.upstream[0]}:{edge.upstream[1]}",
+            "upstreams": [f"{a[0]}:{a[1]}" for a in servers],
+            "direct_ingress": servers != [self.place.upstream],  # else Serve's proxy
             "limits": dict(edge.limits),
             "stats": edge.stats() if edge.alive() else {},
         }
@@ -151,9 +156,14 @@ class EdgeDeployment:
             known = config.app in details["applications"]
             capacity = capacities(details, config.app, tuple(CAPPED_ROUTES)) if known else {}
             share = shares(capacity, len(self.edges))
+            targets = await ingress_targets(config.app) if known else []
             nodes = list(self.edges)
             results = await asyncio.gather(
-                *(answer(self.edges[node][1].apply.remote(share)) for node in nodes), return_exceptions=True
+                *(
+                    answer(self.edges[node][1].apply.remote(share, upstreams(self.edges[node][0], details, targets)))
+                    for node in nodes
+                ),
+                return_exceptions=True,
             )
             failed = {node: r for node, r in zip(nodes, results, strict=True) if isinstance(r, BaseException)}
             for node in failed:  # dead, or its HAProxy is: replaced next round

@@ -1,4 +1,4 @@
-"""The edge in C: HAProxy in front of Serve's HTTP proxy, refusing what the services cannot hold in milliseconds.
+"""The edge in C: HAProxy in front of Serve, refusing what the services cannot hold in milliseconds.
 
 Serve's Python proxy queues a burst before the ingress can refuse it (measured here: refusals of a 300-request
 burst took seconds). This edge caps the requests in flight to each model service at what the service can hold
@@ -8,10 +8,14 @@ OpenAI's JSON error shape with ``Retry-After``. Why our own configuration and no
 (``RAY_SERVE_ENABLE_HA_PROXY``): that mode turns 502/503/504 into a plain-text 500, sets no per-service limit or
 queue, binds replica ports, a stats page and a metrics port on every interface, and is switched per Ray cluster.
 
+Its servers are set at runtime (``route``): the ingress replicas' own HTTP servers when Serve runs direct
+ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: no Python proxy on the path), else the node's Serve proxy. Each
+backend has ``SLOTS`` server slots; a service's cap is split among the servers in use.
+
 What it opens: the one listening address of its config (loopback in the local profile) and an admin socket, a
-Unix socket readable by its owner only (``stats`` reads it). A plain-text 5xx from Serve's proxy (an ingress
-replica lost with a request on it) becomes the same JSON 503; a connection refused by the proxy is retried
-(nothing was sent), never a request that reached it. The process dies with the replica that started it
+Unix socket readable by its owner only (``stats`` reads it). A plain-text 5xx from upstream (an ingress replica
+lost with a request on it) becomes the same JSON 503; a connection refused upstream is retried on another server
+(nothing was sent), never a request that reached one. The process dies with the replica that started it
 (``PR_SET_PDEATHSIG``), so stopping the app leaves no HAProxy holding the port.
 """
 
@@ -26,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -43,7 +48,9 @@ CAPPED_ROUTES: dict[str, tuple[str, ...]] = {
     "recommend": ("/v1/recommendations",),
     PIPELINE: ("/v1/content",),
 }
-UPSTREAM = "serve"  # the server name of Serve's proxy in every backend
+SLOTS = 16  # server slots per backend: the ingress replicas (or the one Serve proxy) an edge fronts at most
+SLOT = "up"  # the slots' names: up1 .. up16
+Address = tuple[str, int]
 
 
 class EdgeConfig(StrictModel):
@@ -88,11 +95,10 @@ def _raw_response(status: int, reason: str, body: str, retry_after_s: int) -> st
     return "\r\n".join(head) + "\r\n\r\n" + body
 
 
-def render(config: EdgeConfig, upstream: tuple[str, int], route_prefix: str, folder: Path) -> str:
-    """HAProxy's configuration: one backend per capped service, each with Serve's proxy as its one server (its
-    ``maxconn`` set later at runtime), and JSON error files for every refusal the edge makes itself."""
+def render(config: EdgeConfig, route_prefix: str, folder: Path) -> str:
+    """HAProxy's configuration: one backend per capped service, each with ``SLOTS`` server slots (their addresses
+    and ``maxconn`` set at runtime), and JSON error files for every refusal the edge makes itself."""
     prefix = "" if route_prefix in ("", "/") else route_prefix.rstrip("/")
-    host, port = upstream
     retry = config.retry_after_s
     lost = folder / "lost.json"
     lost.write_text(error_body("the request was lost with an ingress replica: retry it"))
@@ -111,43 +117,55 @@ def render(config: EdgeConfig, upstream: tuple[str, int], route_prefix: str, fol
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
         "    option http-no-delay",
+        # A fresh upstream connection per request: an upstream that dies with a request then yields the JSON 503
+        # below; on a kept-alive upstream connection HAProxy would close the client's connection without a word.
+        "    option http-server-close",
         "    retry-on conn-failure",  # nothing was sent: safe to replay, even a POST
         "    retries 3",
-        "    option redispatch 1",
+        "    option redispatch 1",  # each retry on another server
         "frontend edge",
         f"    bind {config.host}:{config.port}",
-        # Serve's proxy answers a plain-text 5xx when the ingress replica holding a request dies: the JSON 503
-        # a client can act on (the request may have run: clients resend with their Idempotency-Key).
+        # Upstream answers a plain-text 5xx when the ingress replica holding a request dies: the JSON 503 a client
+        # can act on (the request may have run: clients resend with their Idempotency-Key).
         "    acl json res.hdr(content-type) -m sub json",
         "    acl events res.hdr(content-type) -m beg text/event-stream",
         f"    http-response return status 503 content-type application/json file {lost} hdr Retry-After {retry} "
         "if { status 500 502 503 504 } !json !events",
     ]
-    backends = ["backend serve", *_backend_lines(config, None, host, port, folder)]
+    backends = ["backend serve", *_backend_lines(config, None, folder)]
     for service, paths in CAPPED_ROUTES.items():
         matched = " ".join(f"{prefix}{p}" for p in paths)
         lines.append(f"    use_backend svc_{service} if METH_POST {{ path {matched} }}")
-        backends += [f"backend svc_{service}", *_backend_lines(config, service, host, port, folder)]
+        backends += [f"backend svc_{service}", *_backend_lines(config, service, folder)]
     lines.append("    default_backend serve")
     return "\n".join(lines + backends) + "\n"
 
 
-def _backend_lines(config: EdgeConfig, service: str | None, host: str, port: int, folder: Path) -> list[str]:
+def _backend_lines(config: EdgeConfig, service: str | None, folder: Path) -> list[str]:
     who = service or "the app"
-    files = {
-        503: ("Service Unavailable", f"{who} is at capacity or has no live replica at the edge: retry later"),
-        502: ("Bad Gateway", f"{who}: the edge lost its connection to Serve's proxy: retry later"),
-        504: ("Gateway Timeout", f"{who}: no answer within the edge's timeout"),
+    # HAProxy's own 502 (the upstream closed or reset the connection: an ingress replica lost with the request)
+    # is answered as a 503: the request may have run, the client resends it after Retry-After.
+    files = {  # HAProxy's status: the status sent, its reason, the message
+        503: (503, "Service Unavailable", f"{who} is at capacity or has no live replica at the edge: retry later"),
+        502: (503, "Service Unavailable", f"{who}: the request was lost with an ingress replica: retry it"),
+        504: (504, "Gateway Timeout", f"{who}: no answer within the edge's timeout"),
     }
     out = []
-    for status, (reason, message) in files.items():
+    for status, (sent, reason, message) in files.items():
         path = folder / f"{service or 'serve'}-{status}.http"
-        path.write_text(_raw_response(status, reason, error_body(message), config.retry_after_s))
+        path.write_text(_raw_response(sent, reason, error_body(message), config.retry_after_s))
         out.append(f"    errorfile {status} {path}")
-    # Health: Serve's proxy answers /-/healthz; a dead one is marked down within a second (then 503 at once).
-    out += ["    option httpchk GET /-/healthz", "    default-server inter 1s fall 2 rise 1"]
-    out.append(f"    server {UPSTREAM} {host}:{port} check")
+    # Health: Serve's proxy and each direct-ingress replica answer /-/healthz; a dead server is marked down within
+    # a second (then its requests go to the others, or 503 at once when none is left).
+    out += ["    balance leastconn", "    option httpchk GET /-/healthz", "    default-server inter 1s fall 2 rise 1"]
+    out.append(f"    server-template {SLOT} 1-{SLOTS} 127.0.0.1:1 check disabled")  # set by ``route``
     return out
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` places shared out among ``parts`` servers, exactly (a server with 0 takes no new requests)."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if n < extra else 0) for n in range(parts)]
 
 
 def haproxy_binary() -> str:
@@ -169,17 +187,21 @@ def _die_with_parent() -> None:  # in the child, before exec: the kernel ends HA
 
 
 class HAProxyEdge:
-    """One HAProxy process: started, capped as capacities change, described, stopped."""
+    """One HAProxy process: started, pointed at its servers and capped as they and the capacities change,
+    described, stopped."""
 
-    def __init__(self, config: EdgeConfig, upstream: tuple[str, int], route_prefix: str = "/") -> None:
-        self.config, self.upstream, self.route_prefix = config, upstream, route_prefix
+    def __init__(self, config: EdgeConfig, upstreams: list[Address], route_prefix: str = "/") -> None:
+        self.config, self.route_prefix = config, route_prefix
+        self.upstreams: list[Address | None] = []  # by slot; None: a slot out of use
+        self._wanted = list(upstreams)
         self.folder = Path(tempfile.mkdtemp(prefix="content-studio-edge-"))
         self.process: subprocess.Popen | None = None
-        self.limits: dict[str, int] = {}
+        self.limits: dict[str, int] = {}  # the edge's cap per service (0: none), split among its servers
+        self._set: dict[str, tuple[int, str]] = {}  # each capped server's maxconn and state, as last set
 
     def start(self, timeout_s: float = 10.0) -> None:
         path = self.folder / "haproxy.cfg"
-        path.write_text(render(self.config, self.upstream, self.route_prefix, self.folder))
+        path.write_text(render(self.config, self.route_prefix, self.folder))
         log = (self.folder / "haproxy.log").open("ab")
         self.process = subprocess.Popen(
             [haproxy_binary(), "-db", "-f", str(path)],
@@ -193,6 +215,7 @@ class HAProxyEdge:
                 self.stop()
                 raise RuntimeError(f"HAProxy did not start: {(self.folder / 'haproxy.log').read_text()[-2000:]}")
             time.sleep(0.05)
+        self.route(self._wanted)
 
     def listening(self) -> bool:
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
@@ -214,33 +237,89 @@ class HAProxyEdge:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
+    def _run(self, line: str) -> None:
+        answer = self.command(line).strip()
+        if answer:
+            raise RuntimeError(f"HAProxy refused {line!r}: {answer}")
+
+    def _backends(self) -> list[str]:
+        return ["serve", *(f"svc_{service}" for service in CAPPED_ROUTES)]
+
+    def route(self, upstreams: list[Address]) -> list[Address]:
+        """Point every backend at these servers (the first ``SLOTS``; a slot in use keeps its server while it is
+        listed, so its connections and health stay), the other slots out of use; then split the caps anew."""
+        wanted = list(dict.fromkeys(upstreams))[:SLOTS]
+        if wanted == self.upstreams:
+            return wanted
+        kept = {address: n for n, address in enumerate(self.upstreams) if address in wanted}
+        slots: list[Address | None] = [a if a in kept else None for a in self.upstreams] + [None] * SLOTS
+        slots = slots[:SLOTS]
+        for address in wanted:
+            if address not in kept:
+                slots[slots.index(None)] = address
+        for backend in self._backends():
+            for n, address in enumerate(slots, start=1):
+                server = f"{backend}/{SLOT}{n}"
+                old = self.upstreams[n - 1] if n <= len(self.upstreams) else None
+                if address is None:
+                    if old is not None:
+                        self._run(f"set server {server} state maint")
+                elif address != old:
+                    self._set.pop(server, None)
+                    self._run(f"set server {server} state maint")
+                    self.command(f"set server {server} addr {address[0]} port {address[1]}")  # answers a notice
+                    self._run(f"set server {server} state ready")
+        while slots and slots[-1] is None:
+            slots.pop()
+        self.upstreams = slots
+        self._cap()
+        return wanted
+
     def apply(self, capacity: dict[str, int | None]) -> dict[str, int]:
         """Cap each service's requests in flight at its capacity (or the config's lower limit); 0 is no cap."""
         for service in CAPPED_ROUTES:
             cap = capacity.get(service)
             limit = self.config.limits.get(service)
-            value = min(x for x in (cap, limit) if x is not None) if (cap, limit) != (None, None) else 0
-            if self.limits.get(service) != value:
-                answer = self.command(f"set maxconn server svc_{service}/{UPSTREAM} {value}").strip()
-                if answer:
-                    raise RuntimeError(f"HAProxy refused a limit for {service}: {answer}")
-                self.limits[service] = value
+            self.limits[service] = min(x for x in (cap, limit) if x is not None) if (cap, limit) != (None, None) else 0
+        self._cap()
         return dict(self.limits)
 
-    def stats(self) -> dict[str, dict[str, int | str]]:
-        """Per backend: requests in flight, queued, refused by the edge (HTTP 5xx it wrote), its server's state."""
+    def _cap(self) -> None:
+        """Each service's cap split exactly among the servers in use; a server whose share is 0 is drained (it takes
+        no new requests), so that a cap below the number of servers still holds."""
+        in_use = [n for n, address in enumerate(self.upstreams, start=1) if address is not None]
+        for service, value in self.limits.items():
+            shares = split(value, len(in_use)) if value and in_use else [0] * len(in_use)
+            for n, share in zip(in_use, shares, strict=True):
+                server = f"svc_{service}/{SLOT}{n}"
+                wanted = (max(share, 1) if value else 0, "drain" if value and not share else "ready")
+                if self._set.get(server) != wanted:
+                    self._run(f"set maxconn server {server} {wanted[0]}")
+                    self._run(f"set server {server} state {wanted[1]}")
+                    self._set[server] = wanted
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per backend: requests in flight, queued, the edge's cap (0: none), whether any server is up, and each
+        server in use with its state."""
         rows = self.command("show stat").splitlines()
         header = rows[0].lstrip("# ").split(",")
-        out: dict[str, dict[str, int | str]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for row in rows[1:]:
             cells = dict(zip(header, row.split(","), strict=False))
-            if cells.get("svname") == UPSTREAM:
-                out[cells["pxname"]] = {
-                    "inflight": int(cells["scur"] or 0),
-                    "queued": int(cells["qcur"] or 0),
-                    "limit": int(cells["slim"] or 0),
-                    "status": cells["status"],
-                }
+            backend, server = cells.get("pxname", ""), cells.get("svname", "")
+            if not backend.startswith(("svc_", "serve")):
+                continue
+            entry = out.setdefault(backend, {"servers": {}})
+            if server == "BACKEND":
+                service = backend.removeprefix("svc_") if backend != "serve" else None
+                entry.update(
+                    inflight=int(cells["scur"] or 0),
+                    queued=int(cells["qcur"] or 0),
+                    limit=self.limits.get(service, 0) if service else 0,
+                    status=cells["status"],
+                )
+            elif server.startswith(SLOT) and cells["status"] != "MAINT":
+                entry["servers"][cells["addr"]] = cells["status"]
         return out
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -1,4 +1,4 @@
-"""Where the C edge runs: one HAProxy on every node that serves HTTP, each fronting its own node's Serve proxy.
+"""Where the C edge runs: one HAProxy on every node that serves HTTP, and what each fronts.
 
 Serve's ``proxy_location`` decides which nodes run a proxy (the head only, or every node); the edge follows it,
 read from the controller's view (``proxies``), so a node that joins gets an edge and a node that leaves takes its
@@ -6,6 +6,12 @@ edge with it. On a real cluster every node has its own address and every edge th
 nodes on one host (the test cluster, ``ray.cluster_utils.Cluster``) share an address: their edges get the port,
 the next one, and so on (the head's first), each keeping its port while its node lives. A service's capacity is
 shared out among the edges as among the ingress replicas (``edge.admission.shares``): together they admit what it holds.
+
+What an edge fronts (``upstreams``): with Serve's direct ingress on (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` at
+``ray start``), the application's ingress replicas' own HTTP servers, which the controller lists as target
+groups: no Python proxy on the path. Serve binds them on ``http_options.host``: on every interface, an edge
+fronts every replica; on loopback (the local profile), only the replicas on its own host. Without direct ingress,
+or before a replica has its port, the edge fronts its node's Serve proxy.
 No Ray here: the Serve wiring is ``edge.deployment``.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 GONE = {"DRAINED"}  # a proxy that no longer serves: its node's edge goes too (a draining one is still answered 503)
 
 
@@ -43,3 +50,12 @@ def edge_places(details: dict[str, Any], base_port: int, kept: dict[str, EdgePla
             port += 1
         places[node] = EdgePlace(ip, port, (host, http["port"]))
     return places
+
+
+def upstreams(place: EdgePlace, details: dict[str, Any], targets: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The servers of one node's edge: the ingress replicas it can reach among ``targets`` (their ``ip:port``,
+    from the controller's target groups), else its node's Serve proxy."""
+    host = details["http_options"]["host"]
+    on_loopback = host in LOOPBACK  # reached over loopback, so from its own host only
+    reachable = [(host, port) for ip, port in targets if ip == place.node_ip] if on_loopback else list(targets)
+    return sorted(reachable) or [place.upstream]

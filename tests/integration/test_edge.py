@@ -4,8 +4,9 @@ Asserted: requests pass through it; its caps follow the services' capacity as Se
 cap gets OpenAI's JSON error with 503 and ``Retry-After`` from the edge itself; it listens on loopback only;
 deleting its application stops the HAProxy process; and on a cluster with a proxy on every node (a Ray cluster of
 its own, ``every_node_edge.py``), every node gets an edge on a port of its own, and a node stopped under load
-only delays requests (``slow``: ``pytest -m slow tests/integration/test_edge.py``). Timings belong to ``make bench``
-(bench/burst.py).
+only delays requests (``slow``: ``pytest -m slow tests/integration/test_edge.py``); on a Ray instance with Serve's
+direct ingress (of its own, ``direct_ingress_edge.py``), the edge fronts the ingress replicas' own ports and passes
+over one that is lost. Timings belong to ``make bench`` (bench/burst.py, bench/llm.py).
 """
 
 from __future__ import annotations
@@ -189,6 +190,42 @@ def test_every_node_serving_http_has_an_edge_and_a_lost_node_only_delays_request
     for status, content_type, retry_after in after["refusals"]:  # only delayed, and told when to come back
         assert status in (502, 503, 504) and content_type == "application/json" and retry_after, after["refusals"]
     assert set(report["survivor_answers"].values()) == {200}
+    assert report["left_running_after_shutdown"] == []
+
+
+@pytest.mark.late
+def test_under_direct_ingress_the_edge_fronts_the_ingress_replicas_and_passes_over_a_lost_one(tmp_path) -> None:
+    """On a Ray instance of its own with Serve's direct ingress (switched per Ray instance): the edge fronts both
+    ingress replicas' own ports (no Python proxy), which listen on loopback only; concurrent requests are shared
+    between them; one killed outright under load is replaced and fronted anew, and every request still ends in a
+    200 (resent after a JSON refusal with Retry-After, or after a lost connection); stopping Serve stops HAProxy."""
+    out = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.direct_ingress_edge", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "RAY_ADDRESS": "",  # a Ray instance of its own, not the session's
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        },
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    ports = [int(a.rsplit(":", 1)[1]) for a in report["upstreams"]]
+    assert len(ports) == 2 and all(30000 <= p <= 31000 for p in ports)  # the replicas' own servers, not the proxy
+    assert report["replica_listening"] == sorted(["127.0.0.1", p] for p in ports)  # loopback only
+    assert {status for status, _ in report["concurrent"]} == {200}
+    assert len({replica for _, replica in report["concurrent"]}) == 2  # 8 at once: both replicas took some
+    assert len(report["upstreams_after"]) == 2 and report["upstreams_after"] != report["upstreams"]
+    after = report["after_loss"]
+    assert after["failures"] == [] and after["statuses"].count(200) > 0
+    assert after["lost"] == []  # never a connection closed without an answer
+    for status, content_type, retry_after in after["refusals"]:  # only delayed, and told when to come back
+        assert status == 503 and content_type == "application/json" and retry_after, after["refusals"]
     assert report["left_running_after_shutdown"] == []
 
 

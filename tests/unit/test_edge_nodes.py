@@ -1,10 +1,11 @@
 """Where the C edge runs (edge/nodes.py): an edge per node with a Serve proxy, distinct ports for nodes that share
-an address, ports kept while nodes live; each edge's share of a service's capacity (edge/admission.py)."""
+an address, ports kept while nodes live; what each fronts (the ingress replicas it can reach under direct ingress,
+else its proxy); each edge's share of a service's capacity (edge/admission.py)."""
 
 from __future__ import annotations
 
 from edge.admission import shares
-from edge.nodes import EdgePlace, edge_places
+from edge.nodes import EdgePlace, edge_places, upstreams
 
 
 def details(proxies: dict[str, str], host: str = "0.0.0.0", head: str = "h", drained: tuple[str, ...] = ()) -> dict:
@@ -43,3 +44,15 @@ def test_a_drained_proxy_has_no_edge() -> None:
 def test_each_holder_gets_its_share_of_a_capacity_at_least_one_place() -> None:
     assert shares({"text": 112, "image": 1, "voice": None}, 3) == {"text": 38, "image": 1, "voice": None}
     assert shares({"text": 112}, 0) == {"text": 112}
+
+
+def test_under_direct_ingress_an_edge_fronts_the_ingress_replicas_it_can_reach_else_its_proxy() -> None:
+    replicas = [("10.0.0.2", 30001), ("10.0.0.1", 30000)]
+    everywhere = details({"h": "10.0.0.1", "w1": "10.0.0.2"})
+    head = edge_places(everywhere, 8000, {})["h"]
+    assert upstreams(head, everywhere, replicas) == sorted(replicas)  # bound on every interface: all of them
+    assert upstreams(head, everywhere, []) == [("127.0.0.1", 8001)]  # no direct ingress: its node's proxy
+    loopback = details({"h": "10.0.0.1", "w1": "10.0.0.2"}, host="127.0.0.1")
+    places = edge_places(loopback, 8000, {})
+    assert upstreams(places["h"], loopback, replicas) == [("127.0.0.1", 30000)]  # its own host's, over loopback
+    assert upstreams(places["w1"], loopback, [("10.0.0.1", 30000)]) == [("127.0.0.1", 8001)]  # none it can reach

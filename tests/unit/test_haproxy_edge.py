@@ -1,7 +1,8 @@
-"""The C edge (edge/haproxy.py) with the real HAProxy binary that Ray ships, in front of a stub of Serve's proxy.
+"""The C edge (edge/haproxy.py) with the real HAProxy binary that Ray ships, in front of stubs of its upstreams.
 
-No Ray here: the stub answers as Serve's proxy does (its health path, a plain-text 500 when an ingress replica
-dies, the app's JSON), so each refusal the edge makes is checked on its own.
+No Ray here: a stub answers as Serve's proxy or a direct-ingress replica does (its health path, a plain-text 500
+when an ingress replica dies, the app's JSON), so each refusal the edge makes is checked on its own, and with
+two stubs, how the edge shares a cap among its servers and passes over a dead one.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import http.server
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +26,8 @@ from edge.haproxy import EdgeConfig, HAProxyEdge, haproxy_binary, render
 
 
 class StubProxy(http.server.ThreadingHTTPServer):
-    """Serve's proxy as the edge sees it. POST /v1/completions waits for ``release``: a request holding its place."""
+    """Serve's proxy (or one ingress replica's own server) as the edge sees it. POST /v1/completions waits for
+    ``release``: a request holding its place."""
 
     daemon_threads = True
 
@@ -36,6 +39,7 @@ class StubProxy(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: StubProxy
+    protocol_version = "HTTP/1.1"  # kept-alive connections, as Serve's proxy and the replicas' servers keep them
 
     def log_message(self, *args: object) -> None:
         pass
@@ -52,6 +56,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._answer(200, b"success", "text/plain")
         elif self.path == "/lost":  # what Serve's proxy answers when the ingress replica holding a request dies
             self._answer(500, b"Internal Server Error", "text/plain; charset=utf-8")
+        elif self.path == "/abort":  # the upstream dies with the request: the connection closes, no answer
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
         elif self.path == "/app-error":
             self._answer(500, b'{"error": {"message": "boom", "type": "server_error"}}', "application/json")
         else:
@@ -76,7 +83,7 @@ def upstream() -> Iterator[StubProxy]:
 @pytest.fixture
 def edge(upstream: StubProxy) -> Iterator[HAProxyEdge]:
     config = EdgeConfig(port=free_port(), limits={"text": 1}, queue_timeout_ms=20, retry_after_s=2)
-    edge = HAProxyEdge(config, upstream.server_address[:2])
+    edge = HAProxyEdge(config, [upstream.server_address[:2]])
     edge.start()
     edge.apply({"text": None, "image": 8})
     yield edge
@@ -99,7 +106,7 @@ def assert_json_503(response: httpx.Response, *words: str) -> None:
 
 def test_the_rendered_configuration_is_valid_haproxy(tmp_path) -> None:
     path = tmp_path / "haproxy.cfg"
-    path.write_text(render(EdgeConfig(app="content-studio"), ("127.0.0.1", 8001), "/studio", tmp_path))
+    path.write_text(render(EdgeConfig(app="content-studio"), "/studio", tmp_path))
     checked = subprocess.run([haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "path /studio/v1/completions /studio/v1/chat/completions" in path.read_text()  # the app's prefix
@@ -126,8 +133,18 @@ def test_a_plain_text_500_from_the_proxy_becomes_a_json_503_and_the_apps_json_pa
     assert app_error.status_code == 500 and app_error.json()["error"]["message"] == "boom"
 
 
+def test_a_request_lost_with_its_upstream_gets_a_json_503_even_on_a_kept_alive_connection(edge: HAProxyEdge) -> None:
+    """An ingress replica (or proxy) that dies with a request closes the connection unanswered: the edge answers
+    503 with Retry-After in JSON every time, never a silent close of the client's kept-alive connection."""
+    with httpx.Client(base_url=url(edge), timeout=30) as client:
+        assert client.get("/v1/health").status_code == 200  # the client's connection is now kept alive
+        for _ in range(3):
+            assert_json_503(client.get("/abort"), "lost with an ingress replica")
+        assert client.get("/v1/health").status_code == 200
+
+
 def test_with_serves_proxy_down_every_request_gets_a_json_503(upstream: StubProxy) -> None:
-    edge = HAProxyEdge(EdgeConfig(port=free_port(), retry_after_s=2), ("127.0.0.1", free_port()))  # no one there
+    edge = HAProxyEdge(EdgeConfig(port=free_port(), retry_after_s=2), [("127.0.0.1", free_port())])  # no one there
     edge.start()
     try:
         with httpx.Client(base_url=url(edge), timeout=30) as client:
@@ -154,7 +171,7 @@ def test_haproxy_dies_with_the_process_that_started_it(upstream: StubProxy) -> N
         [
             "import time",
             "from edge.haproxy import EdgeConfig, HAProxyEdge",
-            f"edge = HAProxyEdge(EdgeConfig(port={port}), {tuple(upstream.server_address[:2])!r})",
+            f"edge = HAProxyEdge(EdgeConfig(port={port}), [{tuple(upstream.server_address[:2])!r}])",
             "edge.start()",
             "print(edge.process.pid, flush=True)",
             "time.sleep(60)",
@@ -171,6 +188,93 @@ def test_haproxy_dies_with_the_process_that_started_it(upstream: StubProxy) -> N
         time.sleep(0.05)
     with httpx.Client(timeout=2) as client, pytest.raises(httpx.ConnectError):
         client.get(f"http://127.0.0.1:{port}/")
+
+
+@pytest.fixture
+def second() -> Iterator[StubProxy]:
+    server = StubProxy()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.release.set()
+    server.shutdown()
+
+
+def hold(client: httpx.Client, count: int) -> list[threading.Thread]:
+    holders = [
+        threading.Thread(target=client.post, args=("/v1/completions",), kwargs={"json": {}}) for _ in range(count)
+    ]
+    for holder in holders:
+        holder.start()
+    return holders
+
+
+def arrived(*servers: StubProxy, timeout: float = 10) -> list[int]:
+    """How many held requests each server has, once their sum stops growing (each took its place)."""
+    counts: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = [s.arrived._value for s in servers]  # a Semaphore's count: requests that arrived and wait
+        if now == counts:
+            return counts
+        counts = now
+        time.sleep(0.3)
+    return counts
+
+
+def test_a_cap_is_shared_exactly_among_the_replicas_the_edge_fronts(
+    edge: HAProxyEdge, upstream: StubProxy, second: StubProxy
+) -> None:
+    """Direct ingress: the edge's servers are the ingress replicas; text's cap of 3 is 2 + 1 places, not 3 each."""
+    edge.config.limits["text"] = 3
+    edge.apply({"text": None})
+    assert edge.route([upstream.server_address[:2], second.server_address[:2]]) == [
+        upstream.server_address[:2],
+        second.server_address[:2],
+    ]
+    with httpx.Client(base_url=url(edge), timeout=30) as client:
+        holders = hold(client, 3)
+        assert sorted(arrived(upstream, second)) == [1, 2]
+        assert_json_503(client.post("/v1/completions", json={}), "text", "at capacity")  # the fourth
+        upstream.release.set()
+        second.release.set()
+        for holder in holders:
+            holder.join(10)
+        servers = edge.stats()["svc_text"]["servers"]
+    assert set(servers) == {"{}:{}".format(*s.server_address[:2]) for s in (upstream, second)}
+
+
+def test_a_cap_below_the_number_of_replicas_still_holds(
+    edge: HAProxyEdge, upstream: StubProxy, second: StubProxy
+) -> None:
+    """text's cap is 1 (the fixture's limit) over two replicas: one place in all, the other replica takes none."""
+    edge.route([upstream.server_address[:2], second.server_address[:2]])
+    with httpx.Client(base_url=url(edge), timeout=30) as client:
+        holders = hold(client, 1)
+        assert sum(arrived(upstream, second)) == 1
+        assert_json_503(client.post("/v1/completions", json={}), "text", "at capacity")
+        upstream.release.set()
+        second.release.set()
+        for holder in holders:
+            holder.join(10)
+
+
+def test_a_replica_that_refuses_connections_is_passed_over_and_a_new_one_is_taken(
+    edge: HAProxyEdge, upstream: StubProxy, second: StubProxy
+) -> None:
+    """A replica gone (its port closed) before its health check fails: the requests sent to it never arrived, so
+    the edge retries them on the other; and a re-routed edge sends to its new servers only."""
+    upstream.release.set()
+    second.release.set()
+    edge.apply({"text": 64})
+    edge.route([("127.0.0.1", free_port()), upstream.server_address[:2]])  # nobody listens on the first
+    with httpx.Client(base_url=url(edge), timeout=30) as client:
+        codes = [client.post("/v1/completions", json={}).status_code for _ in range(12)]
+        assert codes == [200] * 12
+        edge.route([second.server_address[:2]])
+        before = upstream.arrived._value
+        codes = [client.post("/v1/completions", json={}).status_code for _ in range(6)]
+    assert codes == [200] * 6
+    assert upstream.arrived._value == before and second.arrived._value == 6
 
 
 def test_an_unknown_config_field_is_refused() -> None:

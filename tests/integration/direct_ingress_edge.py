@@ -1,0 +1,137 @@
+"""The C edge straight onto the ingress replicas (Serve's direct ingress), on a Ray instance of its own: direct
+ingress is switched per Ray instance (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` before Ray starts), which the
+session's cluster is not. Run by ``test_edge.py`` in a subprocess as
+``python -m tests.integration.direct_ingress_edge REPORT.json`` with that variable set; writes the JSON report
+the test asserts on.
+
+What it does: an app of two ingress replicas (each answers which replica it is, after a short wait, so that
+concurrent requests overlap) and the edge application; waits until the edge fronts both replicas' own ports;
+reads what those ports listen on; sends concurrent requests through the edge; then kills one ingress replica
+outright under load by clients that resend a refusal after its ``Retry-After`` (as the openai client does), and
+reports every answer, what the edge fronts afterwards, and what is left listening after Serve shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from app.builder import build_edge
+from app.deploy import free_port
+from tests.integration.every_node_edge import alive, running, wait_for
+
+WAIT_S = 0.3  # each answer's wait: concurrent requests overlap, so the edge must spread them
+
+
+def main() -> dict[str, Any]:
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    report: dict[str, Any] = {}
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+
+        @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0.1})
+        class Which:
+            """Answers with its replica's id after ``WAIT_S``."""
+
+            async def __call__(self, request: Any) -> dict[str, str]:
+                await asyncio.sleep(WAIT_S)
+                return {"replica": serve.get_replica_context().replica_id.unique_id}
+
+        serve.run(Which.bind(), name="app", route_prefix="/")
+        config = {"port": free_port(), "app": "app", "refresh_s": 0.5, "retry_after_s": 1}
+        serve.run(build_edge(config), name="edge", route_prefix=None)
+        edge = serve.get_deployment_handle("edge", "edge")
+
+        def fronting(count: int) -> Any:
+            def read() -> list[str]:
+                edges = running(edge.describe.remote().result())
+                ours = next(iter(edges.values()), {})
+                return ours.get("upstreams", []) if ours.get("direct_ingress") else []
+
+            return wait_for(lambda: {a: a for a in read()}, count, f"the edge fronting {count} ingress replicas")
+
+        upstreams = sorted(fronting(2))
+        report["upstreams"] = upstreams
+        report["replica_listening"] = sorted(
+            [c.laddr.ip, c.laddr.port]
+            for c in psutil.net_connections("inet")
+            if c.status == "LISTEN" and f"{c.laddr.ip}:{c.laddr.port}" in upstreams
+        )
+        url = f"http://127.0.0.1:{config['port']}"
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: httpx.get(url, timeout=30), range(8)))
+        report["concurrent"] = [[r.status_code, r.json().get("replica")] for r in answers]
+
+        # One ingress replica killed outright while clients send through the edge: every request ends in a 200.
+        statuses: list[int] = []
+        refusals: list[list[Any]] = []  # status, content type, Retry-After of every answer that was not a 200
+        lost: list[str] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(base_url=url, timeout=60) as http:
+                while not stop.is_set():
+                    for _ in range(20):
+                        try:
+                            response = http.get("/")
+                        except httpx.TransportError as exc:
+                            lost.append(type(exc).__name__)
+                            time.sleep(0.5)
+                            continue
+                        statuses.append(response.status_code)
+                        if response.status_code == 200:
+                            break
+                        headers = response.headers
+                        refusals.append([response.status_code, headers.get("content-type"), headers.get("retry-after")])
+                        time.sleep(float(headers.get("retry-after", 1)))
+                    else:
+                        failures.append("no 200 after 20 sends")
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        details = ray.get(controller.get_serve_instance_details.remote())
+        doomed = details["applications"]["app"]["deployments"]["Which"]["replicas"][0]
+        ray.kill(ray.get_actor(doomed["actor_name"], namespace=SERVE_NAMESPACE), no_restart=True)
+        report["killed"] = doomed["replica_id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # Serve starts a replacement and the edge fronts it
+            now = set(fronting(2))
+            if now != set(upstreams):
+                break
+            time.sleep(0.5)
+        report["upstreams_after"] = sorted(fronting(2))
+        time.sleep(2)  # load on what remains
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+        report["after_loss"] = {"statuses": statuses, "refusals": refusals, "lost": lost, "failures": failures}
+        pids = [e["pid"] for e in running(edge.describe.remote().result()).values()]
+        serve.shutdown()
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        report["left_running_after_shutdown"] = [pid for pid in pids if alive(pid)]
+    finally:
+        ray.shutdown()
+    return report
+
+
+if __name__ == "__main__":
+    Path(sys.argv[1]).write_text(json.dumps(main()))
