@@ -133,15 +133,18 @@ def totals(memory: dict[str, dict[str, int]]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def local_ray(num_cpus: int | None = None) -> Iterator[str]:
+def local_ray(num_cpus: int | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
     """A Ray instance of the benchmark's own, on loopback; yields its dashboard's URL (``serve deploy`` goes
-    there). Serve and Ray stop when the block ends, whatever happened in it."""
+    there). ``env`` holds switches that are per Ray instance (Serve's direct ingress): set for the instance's
+    processes, and put back afterwards. Serve and Ray stop when the block ends, whatever happened in it."""
     import ray
     from ray import serve
 
     from app.deploy import free_port
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only bench instance
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
     port = free_port()
     ray.init(
         address="local",
@@ -160,6 +163,11 @@ def local_ray(num_cpus: int | None = None) -> Iterator[str]:
             serve.shutdown()
         finally:
             ray.shutdown()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def deploy(config: dict[str, Any], dashboard: str, folder: Path, name: str) -> str:

@@ -253,6 +253,37 @@ def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:
     return {"ttft_s": ttft, "whole_s": whole, "share": ttft / whole}
 
 
+# Serve's direct ingress, per Ray instance: each ingress replica serves HTTP on its own port and the edge fronts
+# those ports (no Python proxy on the path). A stopping ingress replica stays reachable this long for the edge to
+# take it out (Serve's default is 30 s, which would hold every redeploy of the bench).
+DIRECT_INGRESS = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}
+
+
+def run_direct_ingress(
+    config: dict[str, Any], dashboard: str, folder: Path, items: list, s: LLMSettings, service: Any
+) -> dict[str, Any]:
+    """The continuous engine again, on a Ray instance with direct ingress: the edge straight onto the ingress
+    replicas. Saturation (serving efficiency), the one-token hop and the paced streams, as through the proxy."""
+    from ray import serve
+
+    from app.deploy import edge_url, wait_healthy
+
+    url = edge_url(config)
+    assert url, "the bench's config has no edge"
+    deploy(config, dashboard, folder, "direct-ingress")
+    wait_healthy(url)
+    edges = serve.get_deployment_handle("edge", "edge").describe.remote().result(timeout_s=30)["edges"]
+    measure(url, items[:4], None, False)  # warm-up
+    return {
+        "fronted": sorted(a for e in edges.values() for a in e["upstreams"]),
+        "direct_ingress": all(e["direct_ingress"] for e in edges.values()),
+        "saturation": saturate(url, items, stream=False),
+        "saturation_streamed": saturate(url, items, stream=True),
+        "hop": hop(service, s, url),
+        "paced_streams": paced_streams(config, dashboard, folder, url, s),
+    }
+
+
 # --- configs and the run --------------------------------------------------------------------------------------
 def llm_config(profile: str, root: Path, engine: str) -> dict[str, Any]:
     """The bench's app (no experiment, one replica each) with the text model under test and its engine."""
@@ -335,9 +366,11 @@ def run(profile: str, s: LLMSettings) -> dict[str, Any]:
             http = edge_url(continuous) or f"http://127.0.0.1:{continuous['http_options']['port']}"
             out["continuous"]["hop"] = hop(service, s, http)
             out["continuous"]["paced_streams"] = paced_streams(continuous, dashboard, folder, http, s)
-            service.close()
             serve.delete(APP)
             out["static"] = run_engine("static", configs["static"], dashboard, folder, items, s, tokenizer)
+        with local_ray(env=DIRECT_INGRESS) as dashboard:
+            out["direct_ingress"] = run_direct_ingress(configs["continuous"], dashboard, folder, items, s, service)
+        service.close()
     out["ratios"] = llm_ratios(out)
     out["targets"] = llm_targets(out)
     return out
