@@ -74,10 +74,12 @@ def app_processes() -> dict[str, Any]:
     """The app's Ray processes by role (each replica, the proxy, the controller), from this Ray instance's own
     state API (another Ray instance on the machine is not ours to count)."""
     import psutil
+    import ray
     from ray.util.state import list_actors
 
     found = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+    ours = ray.get_runtime_context().gcs_address  # named: with another Ray on the machine, no address is ambiguous
+    for actor in list_actors(address=ours, filters=[("state", "=", "ALIVE")], limit=1000):
         cls, pid = actor.class_name or "", actor.pid
         if cls.startswith(f"ServeReplica:{APP}:"):
             label = f"replica {cls.rsplit(':', 1)[1]} ({pid})"
