@@ -220,7 +220,10 @@ def test_under_direct_ingress_the_edge_fronts_the_ingress_replicas_and_passes_ov
     assert report["replica_listening"] == sorted(["127.0.0.1", p] for p in ports)  # loopback only
     assert {status for status, _ in report["concurrent"]} == {200}
     assert len({replica for _, replica in report["concurrent"]}) == 2  # 8 at once: both replicas took some
-    assert len(report["upstreams_after"]) == 2 and report["upstreams_after"] != report["upstreams"]
+    assert len(report["upstreams_after"]) == 2  # the replacement, fronted (the controller's list, with its port)
+    after_replicas = {replica for _, replica in report["concurrent_after"]}
+    assert {s for s, _ in report["concurrent_after"]} == {200}
+    assert len(after_replicas) == 2 and report["killed"] not in after_replicas  # the survivor and the replacement
     after = report["after_loss"]
     assert after["failures"] == [] and after["statuses"].count(200) > 0
     assert after["lost"] == []  # never a connection closed without an answer
