@@ -70,9 +70,10 @@ stop-broker:
 models: $(INSTALLED)
 	$(BIN)/python -m scripts.build_tiny_models
 
+# Serve's direct ingress (per Ray instance): the edge fronts the ingress replicas' own ports (docs/edge.md).
 run: setup broker
 	@echo "Content Studio: http://127.0.0.1:8000  (API docs /docs, health /v1/health, Ray dashboard http://127.0.0.1:8265)"
-	$(BIN)/serve run configs/local.yaml
+	RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=3 $(BIN)/serve run configs/local.yaml
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow and not gpu and not bench" $(PYTEST_ARGS)

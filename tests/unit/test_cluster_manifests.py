@@ -241,3 +241,15 @@ def test_every_pods_serve_port_is_its_c_edge_in_front_of_a_loopback_proxy() -> N
     for spec in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
         ports = {p["name"]: p["containerPort"] for p in spec["template"]["spec"]["containers"][0].get("ports", [])}
         assert ports.get("serve") == edge_config.port, spec.get("groupName", "head")
+
+
+def test_every_pod_runs_serves_direct_ingress_so_its_edge_fronts_the_ingress_replicas() -> None:
+    """Direct ingress is per Ray cluster (read by the controller and by every replica): every pod sets it, and
+    the replicas' ports stay on the pod's loopback (``http_options.host``), as Serve's proxy."""
+    config = yaml.safe_load(MANIFEST["spec"]["serveConfigV2"])
+    assert config["http_options"]["host"] == "127.0.0.1"
+    cluster = MANIFEST["spec"]["rayClusterConfig"]
+    for spec in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0].get("env", [])}
+        assert env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1", spec.get("groupName", "head")
+        assert 0 < float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) <= 10
