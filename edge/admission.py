@@ -96,23 +96,22 @@ def shares(capacity: dict[str, int | None], holders: int) -> dict[str, int | Non
     return {name: None if cap is None else max(1, math.ceil(cap / n)) for name, cap in capacity.items()}
 
 
-async def serve_details() -> dict[str, Any]:
-    """The Serve controller's view of every application (what ``serve status`` shows), from inside a replica."""
+def _controller() -> Any:
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    return await controller.get_serve_instance_details.remote()
+    return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+
+
+async def serve_details() -> dict[str, Any]:
+    """The Serve controller's view of every application (what ``serve status`` shows), from inside a replica."""
+    return await _controller().get_serve_instance_details.remote()
 
 
 async def ingress_targets(app: str) -> list[tuple[str, int]]:
     """The ``ip:port`` of every running ingress replica's own HTTP server (Serve's direct ingress), from the
     controller's target groups; none when direct ingress is off (the groups then hold Serve's proxies, app "")."""
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    groups = await controller.get_target_groups.remote(app)
+    groups = await _controller().get_target_groups.remote(app)
     return [
         (target.ip, target.port)
         for group in groups

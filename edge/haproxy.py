@@ -249,13 +249,12 @@ class HAProxyEdge:
         """Point every backend at these servers (the first ``SLOTS``; a slot in use keeps its server while it is
         listed, so its connections and health stay), the other slots out of use; then split the caps anew."""
         wanted = list(dict.fromkeys(upstreams))[:SLOTS]
-        if wanted == self.upstreams:
-            return wanted
-        kept = {address: n for n, address in enumerate(self.upstreams) if address in wanted}
-        slots: list[Address | None] = [a if a in kept else None for a in self.upstreams] + [None] * SLOTS
-        slots = slots[:SLOTS]
+        if set(wanted) == {a for a in self.upstreams if a is not None}:
+            return wanted  # the same servers: each keeps its slot
+        slots: list[Address | None] = [a if a in wanted else None for a in self.upstreams]
+        slots += [None] * (SLOTS - len(slots))
         for address in wanted:
-            if address not in kept:
+            if address not in slots:
                 slots[slots.index(None)] = address
         for backend in self._backends():
             for n, address in enumerate(slots, start=1):
