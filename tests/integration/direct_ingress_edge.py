@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,16 @@ import psutil
 
 from app.builder import build_edge
 from app.deploy import free_port
-from tests.integration.every_node_edge import alive, running, wait_for
+from tests.integration.own_cluster import ResendingClients, alive, running, wait_for
 
 WAIT_S = 1.0  # each answer's wait: concurrent requests overlap, so the edge must spread them
+
+
+def at_once(url: str, count: int = 8) -> list[list[Any]]:
+    """``count`` requests sent together: each answer's status and the replica that gave it."""
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(lambda _: httpx.get(url, timeout=30), range(count)))
+    return [[r.status_code, r.json().get("replica")] for r in answers]
 
 
 def main() -> dict[str, Any]:
@@ -71,62 +77,28 @@ def main() -> dict[str, Any]:
             if c.status == "LISTEN" and f"{c.laddr.ip}:{c.laddr.port}" in upstreams
         )
         url = f"http://127.0.0.1:{config['port']}"
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda _: httpx.get(url, timeout=30), range(8)))
-        report["concurrent"] = [[r.status_code, r.json().get("replica")] for r in answers]
+        report["concurrent"] = at_once(url)
 
         # One ingress replica killed outright while clients send through the edge: every request ends in a 200.
-        statuses: list[int] = []
-        refusals: list[list[Any]] = []  # status, content type, Retry-After of every answer that was not a 200
-        lost: list[str] = []
-        failures: list[str] = []
-        stop = threading.Event()
+        with ResendingClients(url) as clients:
+            time.sleep(2)
+            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            details = ray.get(controller.get_serve_instance_details.remote())
+            doomed = details["applications"]["app"]["deployments"]["Which"]["replicas"][0]
+            ray.kill(ray.get_actor(doomed["actor_name"], namespace=SERVE_NAMESPACE), no_restart=True)
+            report["killed"] = doomed["replica_id"]
 
-        def client() -> None:
-            with httpx.Client(base_url=url, timeout=60) as http:
-                while not stop.is_set():
-                    for _ in range(20):
-                        try:
-                            response = http.get("/")
-                        except httpx.TransportError as exc:
-                            lost.append(type(exc).__name__)
-                            time.sleep(0.5)
-                            continue
-                        statuses.append(response.status_code)
-                        if response.status_code == 200:
-                            break
-                        headers = response.headers
-                        refusals.append([response.status_code, headers.get("content-type"), headers.get("retry-after")])
-                        time.sleep(float(headers.get("retry-after", 1)))
-                    else:
-                        failures.append("no 200 after 20 sends")
+            def targets() -> dict[str, str]:  # the app's ingress replicas with a port, as the controller lists them
+                groups = ray.get(controller.get_target_groups.remote("app"))
+                found = {t.name: f"127.0.0.1:{t.port}" for g in groups if g.app_name == "app" for t in g.targets}
+                return found if len(found) == 2 and doomed["actor_name"] not in found else {}
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        time.sleep(2)
-        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        details = ray.get(controller.get_serve_instance_details.remote())
-        doomed = details["applications"]["app"]["deployments"]["Which"]["replicas"][0]
-        ray.kill(ray.get_actor(doomed["actor_name"], namespace=SERVE_NAMESPACE), no_restart=True)
-        report["killed"] = doomed["replica_id"]
-
-        def targets() -> dict[str, str]:  # the app's ingress replicas with a port, as the controller lists them
-            groups = ray.get(controller.get_target_groups.remote("app"))
-            found = {t.name: f"127.0.0.1:{t.port}" for g in groups if g.app_name == "app" for t in g.targets}
-            return found if len(found) == 2 and doomed["actor_name"] not in found else {}
-
-        replacement = wait_for(targets, 2, "a replacement ingress replica with its port")
-        wait_for(lambda: {a: a for a in fronting(2) if a in replacement.values()}, 2, "the edge fronting it")
-        report["upstreams_after"] = sorted(replacement.values())
-        time.sleep(2)  # load on what remains
-        stop.set()
-        for thread in threads:
-            thread.join(120)
-        report["after_loss"] = {"statuses": statuses, "refusals": refusals, "lost": lost, "failures": failures}
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda _: httpx.get(url, timeout=30), range(8)))
-        report["concurrent_after"] = [[r.status_code, r.json().get("replica")] for r in answers]
+            replacement = wait_for(targets, 2, "a replacement ingress replica with its port")
+            wait_for(lambda: {a: a for a in fronting(2) if a in replacement.values()}, 2, "the edge fronting it")
+            report["upstreams_after"] = sorted(replacement.values())
+            time.sleep(2)  # load on what remains
+        report["after_loss"] = clients.report()
+        report["concurrent_after"] = at_once(url)
         pids = [e["pid"] for e in running(edge.describe.remote().result()).values()]
         serve.shutdown()
         deadline = time.monotonic() + 30

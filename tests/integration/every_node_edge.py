@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from app.builder import build_edge
 from app.deploy import free_port
+from tests.integration.own_cluster import ResendingClients, alive, listening, running, wait_for
 
 
 def main() -> dict[str, Any]:
@@ -59,55 +58,25 @@ def main() -> dict[str, Any]:
         # A worker node stopped outright while clients send through the head's edge. They resend what was refused
         # (503, after its Retry-After) or lost with a connection (as the openai client does): every request must
         # end in a 200, only delayed. Each refusal's shape and each lost connection is reported.
-        statuses: list[int] = []
-        refusals: list[list[Any]] = []  # status, content type, Retry-After of every answer that was not a 200
-        lost: list[str] = []
-        failures: list[str] = []
-        stop = threading.Event()
+        with ResendingClients(f"http://{head_edge}") as clients:
+            time.sleep(2)
+            doomed = workers[0]
+            cluster.remove_node(doomed, allow_graceful=False)
+            report["removed"] = doomed.node_id
+            survivors = {cluster.head_node.node_id, workers[1].node_id}
 
-        def client() -> None:
-            with httpx.Client(base_url=f"http://{head_edge}", timeout=60) as http:
-                while not stop.is_set():
-                    for _ in range(20):
-                        try:
-                            response = http.get("/")
-                        except httpx.TransportError as exc:
-                            lost.append(type(exc).__name__)
-                            time.sleep(0.5)
-                            continue
-                        statuses.append(response.status_code)
-                        if response.status_code == 200:
-                            break
-                        headers = response.headers
-                        refusals.append([response.status_code, headers.get("content-type"), headers.get("retry-after")])
-                        time.sleep(float(headers.get("retry-after", 1)))
-                    else:
-                        failures.append("no 200 after 20 sends")
+            def survivors_only() -> dict[str, Any]:  # the lost node's edge is gone, every other one still runs
+                described = edge.describe.remote().result()
+                return running(described) if set(described["edges"]) == survivors else {}
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        time.sleep(2)
-        doomed = workers[0]
-        cluster.remove_node(doomed, allow_graceful=False)
-        report["removed"] = doomed.node_id
-        survivors = {cluster.head_node.node_id, workers[1].node_id}
-
-        def survivors_only() -> dict[str, Any]:  # the lost node's edge is gone, every other one still runs
-            described = edge.describe.remote().result()
-            return running(described) if set(described["edges"]) == survivors else {}
-
-        left = wait_for(survivors_only, 2, "the lost node's edge gone")
-        time.sleep(3)  # load after the loss, on what remains
-        stop.set()
-        for thread in threads:
-            thread.join(120)
+            left = wait_for(survivors_only, 2, "the lost node's edge gone")
+            time.sleep(3)  # load after the loss, on what remains
         report["after_loss"] = {
             "edges": sorted(left),
-            "statuses": statuses,
-            "refusals": refusals,
-            "lost_connections": lost,
-            "failures": failures,
+            "statuses": clients.statuses,
+            "refusals": clients.refusals,
+            "lost_connections": clients.lost,
+            "failures": clients.failures,
         }
         report["survivor_answers"] = {
             node: httpx.get(f"http://{e['address']}/", timeout=30).status_code for node, e in left.items()
@@ -122,28 +91,6 @@ def main() -> dict[str, Any]:
         ray.shutdown()
         cluster.shutdown()
     return report
-
-
-def running(described: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {node: e for node, e in described["edges"].items() if e.get("running")}
-
-
-def wait_for(read: Any, count: int, what: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while len(found := read()) != count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: {found}")
-        time.sleep(0.5)
-    return found
-
-
-def listening(pid: int) -> list[list[Any]]:
-    connections = psutil.Process(pid).net_connections("inet")
-    return sorted([c.laddr.ip, c.laddr.port] for c in connections if c.status == "LISTEN")
-
-
-def alive(pid: int) -> bool:
-    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
 
 if __name__ == "__main__":

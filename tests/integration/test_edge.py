@@ -157,6 +157,22 @@ def test_a_burst_over_a_cap_is_refused_by_the_edge_in_json_and_its_app_stops_hap
         httpx.get(f"{url}/v1/health", timeout=5)
 
 
+def own_cluster_report(module: str, folder: Path, timeout: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python -m module REPORT.json`` on a Ray instance of its own (not the session's; ``env`` holds its
+    per-instance switches) and read the report it wrote."""
+    out = folder / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", module, str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "RAY_ADDRESS": "", **(env or {})},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 @pytest.mark.late
 @pytest.mark.slow  # a Ray cluster of its own beside the session's: 82 s alone here, past 420 s once in a full run
 def test_every_node_serving_http_has_an_edge_and_a_lost_node_only_delays_requests(tmp_path) -> None:
@@ -164,17 +180,7 @@ def test_every_node_serving_http_has_an_edge_and_a_lost_node_only_delays_request
     node, each on its own port (they share an address), loopback only, each answering through Serve; a worker
     stopped outright under load through the head's edge: its edge goes, every request still ends in a 200 (resent
     after a JSON 503 with Retry-After, or after a lost connection), and stopping Serve stops every HAProxy."""
-    out = tmp_path / "report.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.integration.every_node_edge", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=420,
-        env={**os.environ, "RAY_ADDRESS": ""},  # a cluster of its own, not the session's
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = own_cluster_report("tests.integration.every_node_edge", tmp_path, timeout=420)
     nodes = {report["nodes"]["head"], *report["nodes"]["workers"]}
     edges = report["edges"]
     assert set(edges) == nodes
@@ -199,22 +205,8 @@ def test_under_direct_ingress_the_edge_fronts_the_ingress_replicas_and_passes_ov
     ingress replicas' own ports (no Python proxy), which listen on loopback only; concurrent requests are shared
     between them; one killed outright under load is replaced and fronted anew, and every request still ends in a
     200 (resent after a JSON refusal with Retry-After, or after a lost connection); stopping Serve stops HAProxy."""
-    out = tmp_path / "report.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.integration.direct_ingress_edge", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "RAY_ADDRESS": "",  # a Ray instance of its own, not the session's
-            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-        },
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    direct_ingress = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+    report = own_cluster_report("tests.integration.direct_ingress_edge", tmp_path, timeout=300, env=direct_ingress)
     ports = [int(a.rsplit(":", 1)[1]) for a in report["upstreams"]]
     assert len(ports) == 2 and all(30000 <= p <= 31000 for p in ports)  # the replicas' own servers, not the proxy
     assert report["replica_listening"] == sorted(["127.0.0.1", p] for p in ports)  # loopback only

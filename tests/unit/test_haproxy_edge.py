@@ -71,13 +71,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._answer(200, b'{"choices": []}', "application/json")
 
 
-@pytest.fixture
-def upstream() -> Iterator[StubProxy]:
+def _serving_stub() -> Iterator[StubProxy]:
     server = StubProxy()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.release.set()
     server.shutdown()
+
+
+upstream = pytest.fixture(_serving_stub, name="upstream")
+second = pytest.fixture(_serving_stub, name="second")  # a second upstream: two ingress replicas
 
 
 @pytest.fixture
@@ -88,6 +91,15 @@ def edge(upstream: StubProxy) -> Iterator[HAProxyEdge]:
     edge.apply({"text": None, "image": 8})
     yield edge
     edge.stop()
+
+
+def hold(client: httpx.Client, count: int) -> list[threading.Thread]:
+    holders = [
+        threading.Thread(target=client.post, args=("/v1/completions",), kwargs={"json": {}}) for _ in range(count)
+    ]
+    for holder in holders:
+        holder.start()
+    return holders
 
 
 def url(edge: HAProxyEdge) -> str:
@@ -114,8 +126,7 @@ def test_the_rendered_configuration_is_valid_haproxy(tmp_path) -> None:
 
 def test_a_request_over_a_services_cap_is_refused_by_the_edge_in_json(edge: HAProxyEdge, upstream: StubProxy) -> None:
     with httpx.Client(base_url=url(edge), timeout=30) as client:
-        holder = threading.Thread(target=client.post, args=("/v1/completions",), kwargs={"json": {}})
-        holder.start()
+        (holder,) = hold(client, 1)
         assert upstream.arrived.acquire(timeout=10)  # the one place for text is taken
         assert_json_503(client.post("/v1/completions", json={}), "text", "at capacity")
         assert client.get("/v1/health").status_code == 200  # other routes are not capped by text
@@ -188,24 +199,6 @@ def test_haproxy_dies_with_the_process_that_started_it(upstream: StubProxy) -> N
         time.sleep(0.05)
     with httpx.Client(timeout=2) as client, pytest.raises(httpx.ConnectError):
         client.get(f"http://127.0.0.1:{port}/")
-
-
-@pytest.fixture
-def second() -> Iterator[StubProxy]:
-    server = StubProxy()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.release.set()
-    server.shutdown()
-
-
-def hold(client: httpx.Client, count: int) -> list[threading.Thread]:
-    holders = [
-        threading.Thread(target=client.post, args=("/v1/completions",), kwargs={"json": {}}) for _ in range(count)
-    ]
-    for holder in holders:
-        holder.start()
-    return holders
 
 
 def arrived(*servers: StubProxy, timeout: float = 10) -> list[int]:
