@@ -278,7 +278,6 @@ def run_direct_ingress(
         "fronted": sorted(a for e in edges.values() for a in e["upstreams"]),
         "direct_ingress": all(e["direct_ingress"] for e in edges.values()),
         "saturation": saturate(url, items, stream=False),
-        "saturation_streamed": saturate(url, items, stream=True),
         "hop": hop(service, s, url),
         "paced_streams": paced_streams(config, dashboard, folder, url, s),
     }
