@@ -20,6 +20,11 @@ class ServiceSpec:
     config: str  # "module:Class" of its user_config
     variants: bool  # can run A/B variants (extra deployments of the same code with another model)
     calls: tuple[str, ...] = ()  # services it may call (their handles are bound to it when deployed)
+    # Calls travel by value over the replica's own gRPC server instead of as Ray actor tasks through the object
+    # store: one message per streamed item, no object per token (docs/edge.md measures both). For services whose
+    # requests and answers are small (text: prompts, tokens); media stays on the object store, since a gRPC
+    # message is capped at 4 MB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
+    by_value: bool = False
 
     def deployment_class(self) -> Any:
         return _load(self.deployment)
@@ -36,7 +41,9 @@ def _load(path: str) -> Any:
 SERVICES: dict[str, ServiceSpec] = {
     spec.name: spec
     for spec in (
-        ServiceSpec("text", "deployments.text:TextDeployment", "deployments.text:TextConfig", variants=True),
+        ServiceSpec(
+            "text", "deployments.text:TextDeployment", "deployments.text:TextConfig", variants=True, by_value=True
+        ),
         ServiceSpec("image", "deployments.image:ImageDeployment", "deployments.image:ImageConfig", variants=True),
         ServiceSpec("voice", "deployments.voice:VoiceDeployment", "deployments.voice:VoiceConfig", variants=True),
         ServiceSpec(

@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.calls import call
 from deployments.common import StrictModel
 from deployments.errors import NotFound, ServiceError, from_exception
-from deployments.registry import MODEL_SERVICES, PIPELINE, VARIANT_SERVICES
+from deployments.registry import MODEL_SERVICES, PIPELINE, SERVICES, VARIANT_SERVICES
 from edge.access import AccessConfig, AccessPolicy
 from edge.admission import EdgeAdmission
 from edge.experiments import (
@@ -70,6 +70,12 @@ class IngressConfig(StrictModel):
         description="Times a request lost with a dying replica is sent again (calls without effects, and content "
         "requests, which are idempotent by key).",
     )
+    by_value_calls: bool = Field(
+        True,
+        description="Calls to the services that take them by value (`text`: prompts and token streams) go over "
+        "their replicas' gRPC servers with results by value; false: as Ray actor tasks through the object store, "
+        "Serve's default (docs/edge.md measures both).",
+    )
     access: AccessConfig = Field(default_factory=AccessConfig, description="API keys, CORS, body size limit.")
     experiments: dict[str, ExperimentConfig] = Field(
         default_factory=dict,
@@ -95,6 +101,7 @@ class Ingress:
         jobs: dict[str, Any] | None = None,
     ) -> None:
         self.handles = handles
+        self._by_value: dict[str, DeploymentHandle] = {}  # handles of by-value services' deployments, made once
         # Content jobs (the application's ``args.jobs``): taken here, queued on the broker, made by the consumer.
         self.jobs = JobBoard(JobsConfig.model_validate(jobs)) if jobs is not None else None
         self.services = tuple(name for name in (*MODEL_SERVICES, PIPELINE) if name in handles)
@@ -137,12 +144,19 @@ class Ingress:
         return self.jobs
 
     # --- calling services ---------------------------------------------------------------------------------
-    def handle(self, deployment: str) -> DeploymentHandle:
-        """The handle of a deployment of this application; 404 for a service it does not deploy."""
+    def handle(self, deployment: str, service: str | None = None) -> DeploymentHandle:
+        """The handle of a deployment of this application (of ``service``'s, when it is a variant); 404 for a
+        service it does not deploy. A service whose calls travel by value (its ``ServiceSpec.by_value``) gets
+        the handle that sends them over the replica's gRPC server."""
         found = self.handles.get(deployment)
         if found is None:
             raise NotFound(f"the {deployment} service is not deployed in this application")
-        return found
+        spec = SERVICES.get(service or deployment)
+        if spec is None or not spec.by_value or not self.config.by_value_calls:
+            return found
+        if deployment not in self._by_value:
+            self._by_value[deployment] = found.options(_by_reference=False)
+        return self._by_value[deployment]
 
     async def call(
         self,
@@ -158,7 +172,7 @@ class Ingress:
         timeout. A request lost with a dying replica is sent again when it has no effects (``idempotent``), with
         ``resend_args`` when a resend must differ (a content resend takes over its key); a deployment at capacity
         is refused here, at once. Failures raise ``ServiceError``."""
-        target = getattr(self.handle(deployment or service), method)
+        target = getattr(self.handle(deployment or service, service), method)
         limit = timeout if timeout is not None else getattr(self.config.timeouts_s, service)
 
         def send(attempt: int) -> Any:
@@ -207,7 +221,7 @@ class Ingress:
         failure every stream is cancelled and the failure raised, so a rejected request gets its 4xx."""
         limit = getattr(self.config.timeouts_s, service)
         deployment = assignment.deployment if assignment else service
-        target = getattr(self.handle(deployment).options(stream=True), method)
+        target = getattr(self.handle(deployment, service).options(stream=True), method)
         started = time.perf_counter()
         streams: list[Any] = []
         try:

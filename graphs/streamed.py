@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from deployments.calls import call
 from deployments.common import Narrative
 from deployments.errors import BadOutput, ServiceError, from_exception, replica_died
+from deployments.registry import SERVICES
 from deployments.text import Article, ArticleDelta
 from deployments.text.articles import TITLE_MAX_CHARS
 from deployments.voice import SpeechPart, VoiceResult
@@ -206,7 +207,10 @@ class StreamedComposition:
         deadline = time.monotonic() + cfg.timeouts_s.article
         attempt = 0
         while True:
-            stream = ctx.handles["article"].options(stream=True).write_article_stream.remote(ctx.article_request)
+            # A token stream: by value over the replica's gRPC server when the text service takes its calls so.
+            by_value = SERVICES[STAGES["article"]].by_value
+            handle = ctx.handles["article"].options(stream=True, _by_reference=not by_value)
+            stream = handle.write_article_stream.remote(ctx.article_request)
             article: Article | None = None
             received = False
             try:

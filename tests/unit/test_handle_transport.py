@@ -1,0 +1,41 @@
+"""Which handle the ingress calls a service through: by value over the replica's gRPC server for the services whose
+requests and answers are small (text and its experiment variants), through the object store for media, and
+through the object store for all when the config turns it off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deployments.registry import SERVICES
+from edge.ingress import Ingress
+
+
+class RecordingHandle:
+    """A handle that remembers the options it was copied with (Serve's ``options`` returns a new handle)."""
+
+    def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
+        self.name, self.given = name, options or {}
+
+    def options(self, **kwargs: Any) -> RecordingHandle:
+        return RecordingHandle(self.name, {**self.given, **kwargs})
+
+
+def ingress(config: dict[str, Any]) -> Ingress:
+    names = ("text", "text-b", "image", "voice", "recommend", "embed", "pipeline")
+    return Ingress({n: RecordingHandle(n) for n in names}, {"access": {"anonymous": True}, **config}, ("text-b",))
+
+
+def test_text_and_its_variants_are_called_by_value_and_media_through_the_object_store() -> None:
+    edge = ingress({})
+    assert [name for name, spec in SERVICES.items() if spec.by_value] == ["text"]
+    for deployment, service in (("text", None), ("text", "text"), ("text-b", "text")):
+        handle = edge.handle(deployment, service)
+        assert handle.given == {"_by_reference": False}, (deployment, service)
+        assert edge.handle(deployment, service) is handle  # made once, not per request
+    for deployment in ("image", "voice", "recommend", "embed", "pipeline"):
+        assert edge.handle(deployment).given == {}, deployment
+
+
+def test_by_value_calls_can_be_turned_off() -> None:
+    edge = ingress({"by_value_calls": False})
+    assert edge.handle("text").given == {} and edge.handle("text-b", "text").given == {}
