@@ -174,7 +174,8 @@ def markdown(r: dict[str, Any]) -> str:
         )
         rows.append((f"guidellm {kind}: output tokens/s, TTFT p50 (ms)", _g(gc), _g(gs), "{}"))
         rows.append((f"guidellm {kind}: requests sent / offered req/s", _sent(gc), _sent(gs), "{}"))
-    lines = [f"| measurement (profile: {r['profile']}) | continuous | static |", "|---|---|---|"]
+    calls = r.get("calls", "by reference")  # how the ingress calls the text service (runs before it: by reference)
+    lines = [f"| measurement (profile: {r['profile']}, text called {calls}) | continuous | static |", "|---|---|---|"]
     for label, a, b, fmt in rows:
         cells = ["-" if v is None else (fmt.format(v) if fmt != "{}" else str(v)) for v in (a, b)]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
@@ -236,7 +237,7 @@ def plot(r: dict[str, Any], out: Path) -> Path:
         ax.set_xlabel("output tokens/s")
         ax.legend()
     fig.tight_layout()
-    path = out / f"llm-{r['profile']}.png"
+    path = out / f"llm-{r['profile']}{'-by-reference' if r.get('calls') == 'by reference' else ''}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
