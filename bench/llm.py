@@ -51,12 +51,21 @@ class LLMSettings:
     rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the saturation request rate
     guidellm_seconds: int = 30
     hop_calls: int = 100
+    efficiency_rounds: int = 3  # turns of in-process ceiling and saturation over HTTP
     streams: tuple[int, ...] = (8, 64)  # concurrent paced streams: the fewest and the most
     paced_tokens: int = 48
 
     @classmethod
     def quick(cls) -> LLMSettings:
-        return cls(requests=8, max_len=48, rate_fractions=(0.5,), guidellm_seconds=5, hop_calls=5, paced_tokens=12)
+        return cls(
+            requests=8,
+            max_len=48,
+            rate_fractions=(0.5,),
+            guidellm_seconds=5,
+            hop_calls=5,
+            paced_tokens=12,
+            efficiency_rounds=1,
+        )
 
 
 # --- workload -----------------------------------------------------------------------------------------------
@@ -172,8 +181,9 @@ def warm_up(url: str, items: list[tuple[list[int], int]]) -> None:
 
 
 # --- in process -----------------------------------------------------------------------------------------------
-def ceiling(service: Any, items: list[tuple[list[int], int]]) -> dict[str, float]:
-    """The engine alone in this process, everything submitted at once: the serving layer's ceiling."""
+def ceiling(service: Any, items: list[tuple[list[int], int]], warm: bool = True) -> dict[str, float]:
+    """The engine alone in this process, everything submitted at once: the serving layer's ceiling (after an
+    unmeasured pass, unless the engine is ``warm`` already)."""
     from deployments.text import TextRequest
 
     def request(prompt: list[int], output: int) -> Any:
@@ -185,11 +195,25 @@ def ceiling(service: Any, items: list[tuple[list[int], int]]) -> dict[str, float
         return sum(r.completion_tokens for r in results), time.perf_counter() - started
 
     async def run() -> tuple[int, float]:
-        await once()  # unmeasured: the engine's first pass over these shapes is slower (``warm_up``)
+        if not warm:
+            await once()  # unmeasured: the engine's first pass over these shapes is slower (``warm_up``)
         return await once()
 
     tokens, wall = asyncio.run(run())
     return {"output_tokens_per_s": tokens / wall, "output_tokens": tokens, "wall_s": wall}
+
+
+def efficiency(service: Any, url: str, items: list[tuple[list[int], int]], rounds: int) -> dict[str, Any]:
+    """Serving efficiency: output tokens/s at saturation over HTTP against the engine in this process, measured in
+    turns ``rounds`` times on the same warm engine, the median of each over the other. This machine's own speed
+    drifted by up to a quarter within a minute (in process: 565, then 437 tokens/s), so a ceiling measured once,
+    minutes before, is no yardstick for a saturation measured later."""
+    ceilings, served = [], []
+    for n in range(rounds):
+        ceilings.append(ceiling(service, items, warm=n > 0)["output_tokens_per_s"])
+        served.append(summarize(asyncio.run(drive(url, items, None, False)))["output_tokens_per_s"])
+    ceiling_tps = statistics.median(ceilings)
+    return {"ceilings": ceilings, "served": served, "efficiency": statistics.median(served) / ceiling_tps}
 
 
 def hop(service: Any, s: LLMSettings, url: str, by_value: bool) -> dict[str, float]:
@@ -227,30 +251,38 @@ def hop(service: Any, s: LLMSettings, url: str, by_value: bool) -> dict[str, flo
     return out
 
 
-PACE_S = 0.05  # a paced stream's time per token: a large model's step, whatever this machine's engine does
+# A paced stream's time per token: a large model's step, whatever this machine's engine does. At 50 ms, the heavy
+# engine's 64 streams ask for 1,280 tokens/s, all it makes at 64 rows on two cores in process (1,277 measured
+# 2026-12-07): no slack, so any CPU the serving path takes shows as inter-token latency. At 100 ms it runs at half
+# its capacity, and what grows with the count of streams is the serving path's alone.
+PACES_S = (0.05, 0.1)
 
 
 def paced_streams(config: dict[str, Any], dashboard: str, folder: Path, url: str, s: LLMSettings) -> dict[str, Any]:
-    """Inter-token latency of ``s.streams`` concurrent streams with the text replica pacing every stream at
-    ``PACE_S`` per token (its ``faults.stream_delay_s``), so the engine's load per stream is the same at any count
-    and what grows with the count is the serving path's: a message per token through the replica, the ingress,
-    Serve's proxy and the edge. ``serve deploy`` reconfigures the text replica in place, and back afterwards."""
-    paced = copy.deepcopy(config)
-    text = next(d for d in paced["applications"][0]["deployments"] if d["name"] == "text")
-    text["user_config"].setdefault("faults", {})["stream_delay_s"] = PACE_S
-    deploy(paced, dashboard, folder, "paced")
-    deadline = time.monotonic() + 120
-    while measure(url, [([11, 12, 13, 14], 4)], None, True)["itl_p50_ms"] < 0.8 * PACE_S * 1000:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the text replica did not take its stream pacing within 120 s")
-        time.sleep(1)
-    by_streams = {
-        str(count): measure(url, [([11 + i % 50, 12, 13, 14], s.paced_tokens) for i in range(count)], None, True)
-        for count in s.streams
-    }
+    """Inter-token latency of ``s.streams`` concurrent streams with the text replica pacing every stream at each
+    of ``PACES_S`` per token (its ``faults.stream_delay_s``), so the engine's load per stream is the same at any
+    count and what grows with the count is the serving path's: a message per token through the replica, the
+    ingress, Serve's proxy and the edge. ``serve deploy`` reconfigures the text replica in place, and back
+    afterwards. By pace in ms: the streams' measurements and the most's ITL p50 over the fewest's."""
+    by_pace = {}
+    for pace in PACES_S:
+        paced = copy.deepcopy(config)
+        text = next(d for d in paced["applications"][0]["deployments"] if d["name"] == "text")
+        text["user_config"].setdefault("faults", {})["stream_delay_s"] = pace
+        deploy(paced, dashboard, folder, f"paced-{pace * 1000:.0f}")
+        deadline = time.monotonic() + 120
+        while abs(measure(url, [([11, 12, 13, 14], 4)], None, True)["itl_p50_ms"] / (pace * 1000) - 1) > 0.2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the text replica did not take its stream pacing within 120 s")
+            time.sleep(1)
+        by_streams = {
+            str(count): measure(url, [([11 + i % 50, 12, 13, 14], s.paced_tokens) for i in range(count)], None, True)
+            for count in s.streams
+        }
+        low, high = (by_streams[str(c)]["itl_p50_ms"] for c in (min(s.streams), max(s.streams)))
+        by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "itl_ratio": high / low}
     deploy(config, dashboard, folder, "unpaced")
-    low, high = (by_streams[str(c)]["itl_p50_ms"] for c in (min(s.streams), max(s.streams)))
-    return {"pace_ms": PACE_S * 1000, "by_streams": by_streams, "itl_ratio": high / low}
+    return by_pace
 
 
 def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:
@@ -291,12 +323,13 @@ def run_direct_ingress(
         "fronted": sorted(a for e in edges.values() for a in e["upstreams"]),
         "direct_ingress": all(e["direct_ingress"] for e in edges.values()),
         "saturation": saturate(url, items, stream=False),
-        "hop": hop(service, s, url, by_value(config)),
+        "efficiency": efficiency(service, url, items, s.efficiency_rounds),
+        "hop": hop(service, s, url, calls_by_value(config)),
         "paced_streams": paced_streams(config, dashboard, folder, url, s),
     }
 
 
-def by_value(config: dict[str, Any]) -> bool:
+def calls_by_value(config: dict[str, Any]) -> bool:
     """Whether the config's ingress calls the text service by value."""
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ingress")
     return bool(ingress.get("user_config", {}).get("by_value_calls", True))
@@ -388,7 +421,8 @@ def run(profile: str, s: LLMSettings, by_value: bool = True) -> dict[str, Any]:
             out["continuous"] = run_engine("continuous", configs["continuous"], dashboard, folder, items, s, tokenizer)
             continuous = configs["continuous"]
             http = edge_url(continuous) or f"http://127.0.0.1:{continuous['http_options']['port']}"
-            out["continuous"]["hop"] = hop(service, s, http, by_value(continuous))
+            out["continuous"]["efficiency"] = efficiency(service, http, items, s.efficiency_rounds)
+            out["continuous"]["hop"] = hop(service, s, http, calls_by_value(continuous))
             out["continuous"]["paced_streams"] = paced_streams(continuous, dashboard, folder, http, s)
             serve.delete(APP)
             out["static"] = run_engine("static", configs["static"], dashboard, folder, items, s, tokenizer)
