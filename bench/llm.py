@@ -13,9 +13,10 @@ the other on the same Ray instance; each is measured:
 plus, for the new engine, its in-process ceiling on the same workload (``TextService`` in this process,
 everything submitted at once), the time to first token of one 128-token completion, what a handle and HTTP add
 to a one-token call over the engine in-process, and inter-token latency of few and many paced streams. The
-requests and their timing are bench/llm_load.py. Targets are printed pass/MISS; nothing here is a test.
+requests and their timing are bench/llm_load.py, guidellm's runs bench/llm_guidellm.py. Targets are printed
+pass/MISS; nothing here is a test.
 
-    python -m bench.llm [--quick] [--profile heavy|local]
+    python -m bench.llm [--quick] [--profile heavy|local] [--by-reference]
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import math
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 import httpx
 
 from bench.harness import APP, RESULTS, ROOT, bench_config, deploy, ensure_heavy_text, local_ray, settle
+from bench.llm_guidellm import guidellm
 from bench.llm_load import MODEL, Sample, drive, measure, summarize
 from bench.llm_report import llm_ratios, llm_targets, markdown, plot
 
@@ -110,67 +110,6 @@ def saturate(url: str, items: list[tuple[list[int], int]], stream: bool) -> dict
 
     samples, sampler = asyncio.run(go())
     return {**summarize(samples), "kv_cache_peak_used": sampler.peak, "peak_running": sampler.peak_running}
-
-
-# --- guidellm -----------------------------------------------------------------------------------------------
-def guidellm(url: str, tokenizer: Path, profile: str, s: LLMSettings, out: Path) -> dict[str, Any]:
-    """One guidellm run against /v1/completions; its request counts and headline metrics."""
-    mid = (s.min_len + s.max_len) // 2
-    data = (
-        f"kind=synthetic_text,prompt_tokens={mid},prompt_tokens_stdev={mid // 2},prompt_tokens_min={s.min_len},"
-        f"prompt_tokens_max={s.max_len},output_tokens={mid},output_tokens_stdev={mid // 2},"
-        f"output_tokens_min={s.min_len},output_tokens_max={s.max_len}"
-    )
-    path = out / f"guidellm-{profile.split(',')[0].split('=')[1]}.json"
-    cmd = [
-        str(Path(sys.executable).with_name("guidellm")), "run",
-        "--backend", f"kind=openai_http,target={url},model={MODEL}",
-        "--profile", profile,
-        "--constraint", f"kind=max_duration,seconds={s.guidellm_seconds}",
-        "--data", data,
-        "--tokenizer", f"kind=hf_auto,model={tokenizer}",
-        "--output", f"kind=json,path={path}",
-        "--disable-console-interactive",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=s.guidellm_seconds * 4 + 180, env=env)
-    if done.returncode:
-        return {"error": (done.stderr or done.stdout)[-2000:]}
-    return read_guidellm(path)
-
-
-def read_guidellm(path: Path) -> dict[str, Any]:
-    """The numbers we report from guidellm's JSON (its layout differs between releases: look them up)."""
-    report = json.loads(path.read_text())
-    bench = report["benchmarks"][-1]
-    totals = bench.get("request_totals") or bench.get("metrics", {}).get("request_totals") or {}
-    metrics = bench.get("metrics", {})
-
-    def stat(name: str, field: str = "median") -> float | None:
-        entry = metrics.get(name, {})
-        entry = entry.get("successful", entry) if isinstance(entry, dict) else {}
-        value = entry.get(field) if isinstance(entry, dict) else None
-        return float(value) if isinstance(value, int | float) else None
-
-    # What guidellm actually sent: 0.8.1's poisson profile (10 worker processes here) sends requests ahead of
-    # their targeted times, so the load offered can be several times the rate asked (docs/benchmarks.md).
-    requests = bench.get("requests", {})
-    sent = [
-        r for kind in ("successful", "errored", "incomplete") for r in requests.get(kind, []) if isinstance(r, dict)
-    ]
-    started = sum(1 for r in sent if (r.get("info") or {}).get("timings", {}).get("request_start"))
-    duration = bench.get("duration") or 0
-    return {
-        "successful": totals.get("successful"),
-        "errored": totals.get("errored"),
-        "incomplete": totals.get("incomplete"),
-        "requests_sent": started,
-        "offered_requests_per_s": started / duration if duration else None,
-        "output_tokens_per_s": stat("output_tokens_per_second", "mean"),
-        "ttft_p50_ms": stat("time_to_first_token_ms"),
-        "itl_p50_ms": stat("inter_token_latency_ms"),
-        "requests_per_s": stat("requests_per_second", "mean"),
-    }
 
 
 def warm_up(url: str, items: list[tuple[list[int], int]]) -> None:
@@ -381,8 +320,11 @@ def run_engine(
     out["ttft_128"] = ttft_share(url)
     half = max(0.05, 0.5 * sat_rate)
     out["guidellm"] = {
-        "poisson": guidellm(url, tokenizer, f"kind=poisson,rate={half:.3f}", s, folder),
-        "concurrent": guidellm(url, tokenizer, "kind=concurrent,streams=16", s, folder),
+        kind: guidellm(url, tokenizer, profile, (s.min_len, s.max_len), s.guidellm_seconds, folder)
+        for kind, profile in (
+            ("poisson", f"kind=poisson,rate={half:.3f}"),
+            ("concurrent", "kind=concurrent,streams=16"),
+        )
     }
     return out
 
