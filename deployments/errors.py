@@ -175,6 +175,14 @@ def _no_replica() -> tuple[type[BaseException], ...]:
     return (serve_exc.BackPressureError, serve_exc.DeploymentUnavailableError, serve_exc.ReplicaUnavailableError)
 
 
+def _over_message_cap(exc: BaseException) -> bool:
+    """A call by value (over a replica's gRPC server) whose request or answer was larger than Serve's cap on a
+    gRPC message (``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH``, 4 MB unless the profile raises it)."""
+    import grpc
+
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def cause_of(exc: BaseException) -> BaseException:
     """The error raised in the replica (Ray wraps it: ``.cause``), or ``exc`` itself."""
     return getattr(exc, "cause", None) or exc
@@ -196,4 +204,9 @@ def from_exception(exc: BaseException, service: str, timeout_s: float | None = N
     if isinstance(cause, _lost_with_replica() + _no_replica()) or isinstance(exc, _lost_with_replica()):
         detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         return Unavailable(f"the {service} service is unavailable: {detail}"[:500])
+    if _over_message_cap(cause):
+        return ServiceError(
+            f"the {service} service's request or answer is larger than a call by value may carry: raise "
+            "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH in the application's runtime_env (docs/edge.md)"
+        )
     return ServiceError(f"the {service} service failed: {type(cause).__name__}: {cause}"[:500])

@@ -77,6 +77,26 @@ def test_penalties_push_away_from_repetition(oai: openai.OpenAI) -> None:
     assert distinct(presence_penalty=2.0) > distinct()
 
 
+def test_an_answer_larger_than_a_default_grpc_message_arrives_whole(oai: openai.OpenAI) -> None:
+    """Calls to the text service travel by value over gRPC, whose message Serve caps at 4 MB unless the profile
+    raises it (it does): two prompts of eight choices with the top 20 log probabilities of every token are about
+    5 MB in one answer."""
+    completion = oai.completions.create(
+        model=MODEL,
+        prompt=["Harbour lights", "The tide at dawn"],
+        max_tokens=200,
+        n=8,
+        logprobs=20,
+        temperature=1.0,
+        seed=3,
+        extra_body={"ignore_eos": True},
+    )
+    assert sorted(c.index for c in completion.choices) == list(range(16))
+    for choice in completion.choices:
+        assert len(choice.logprobs.tokens) == 200 and len(choice.logprobs.top_logprobs) == 200
+        assert all(top for top in choice.logprobs.top_logprobs)  # (alternatives that decode alike share a key)
+
+
 def test_completion_logprobs_and_echo(oai: openai.OpenAI) -> None:
     completion = oai.completions.create(
         model=MODEL, prompt="The quiet harbour", max_tokens=4, temperature=0, logprobs=2, echo=True

@@ -39,3 +39,19 @@ def test_text_and_its_variants_are_called_by_value_and_media_through_the_object_
 def test_by_value_calls_can_be_turned_off() -> None:
     edge = ingress({"by_value_calls": False})
     assert edge.handle("text").given == {} and edge.handle("text-b", "text").given == {}
+
+
+def test_an_answer_over_the_grpc_message_cap_is_an_error_that_names_the_knob() -> None:
+    import grpc
+
+    from deployments.errors import ServiceError, from_exception
+
+    over = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="Received message larger than max (6291470 vs. 4194304)",
+    )
+    error = from_exception(over, "text")
+    assert type(error) is ServiceError and error.status == 500
+    assert "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH" in error.message and "text" in error.message
