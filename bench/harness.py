@@ -138,15 +138,18 @@ def totals(memory: dict[str, dict[str, int]]) -> dict[str, float]:
 def local_ray(num_cpus: int | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
     """A Ray instance of the benchmark's own, on loopback; yields its dashboard's URL (``serve deploy`` goes
     there). ``env`` holds switches that are per Ray instance (Serve's direct ingress): set for the instance's
-    processes, and put back afterwards. Serve and Ray stop when the block ends, whatever happened in it."""
+    processes, and put back afterwards; without it the instance runs Serve's proxy, whatever this process's
+    environment says (the test session's turns direct ingress on). Serve and Ray stop when the block ends,
+    whatever happened in it."""
     import ray
     from ray import serve
 
     from app.deploy import free_port
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only bench instance
-    saved = {name: os.environ.get(name) for name in env or {}}
-    os.environ.update(env or {})
+    env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", **(env or {})}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     port = free_port()
     ray.init(
         address="local",

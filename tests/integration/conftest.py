@@ -361,6 +361,11 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 # Ray 2.60 turns on token authentication for new local clusters; the `serve` CLI (a subprocess) only sends the
 # token when the mode is set explicitly. The test cluster listens on loopback only: keep it simple and off.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Serve's direct ingress, as `make run` and every cluster profile start Ray: the ingress replicas serve HTTP on
+# ports of their own and the edge fronts them, with no Python proxy on the path (docs/edge.md). It is per Ray
+# cluster (every node's processes read it), so it is set for every node this session starts, joiners included.
+DIRECT_INGRESS = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}
+os.environ.update(DIRECT_INGRESS)
 
 
 def wait_deployments_healthy(app: str, deployments: tuple[str, ...], timeout: float = READY_TIMEOUT_S) -> None:

@@ -180,7 +180,9 @@ def test_every_node_serving_http_has_an_edge_and_a_lost_node_only_delays_request
     node, each on its own port (they share an address), loopback only, each answering through Serve; a worker
     stopped outright under load through the head's edge: its edge goes, every request still ends in a 200 (resent
     after a JSON 503 with Retry-After, or after a lost connection), and stopping Serve stops every HAProxy."""
-    report = own_cluster_report("tests.integration.every_node_edge", tmp_path, timeout=420)
+    # The edge onto each node's proxy: that cluster runs without direct ingress (the session's runs with it).
+    no_direct = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    report = own_cluster_report("tests.integration.every_node_edge", tmp_path, timeout=420, env=no_direct)
     nodes = {report["nodes"]["head"], *report["nodes"]["workers"]}
     edges = report["edges"]
     assert set(edges) == nodes
