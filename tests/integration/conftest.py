@@ -364,7 +364,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Serve's direct ingress, as `make run` and every cluster profile start Ray: the ingress replicas serve HTTP on
 # ports of their own and the edge fronts them, with no Python proxy on the path (docs/edge.md). It is per Ray
 # cluster (every node's processes read it), so it is set for every node this session starts, joiners included.
-DIRECT_INGRESS = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}
+# A stopping ingress replica stays reachable 1 s (3 s in `make run`): the suite stops and starts many, and a
+# connection refused meanwhile is retried by the edge on another replica.
+DIRECT_INGRESS = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 os.environ.update(DIRECT_INGRESS)
 
 
