@@ -120,7 +120,7 @@ def warm_up(url: str, items: list[tuple[list[int], int]]) -> None:
 
 
 # --- in process -----------------------------------------------------------------------------------------------
-def ceiling(service: Any, items: list[tuple[list[int], int]], warm: bool = True) -> dict[str, float]:
+def ceiling(service: Any, items: list[tuple[list[int], int]], warm: bool = False) -> dict[str, float]:
     """The engine alone in this process, everything submitted at once: the serving layer's ceiling (after an
     unmeasured pass, unless the engine is ``warm`` already)."""
     from deployments.text import TextRequest
@@ -143,13 +143,13 @@ def ceiling(service: Any, items: list[tuple[list[int], int]], warm: bool = True)
 
 
 def efficiency(service: Any, url: str, items: list[tuple[list[int], int]], rounds: int) -> dict[str, Any]:
-    """Serving efficiency: output tokens/s at saturation over HTTP against the engine in this process, measured in
-    turns ``rounds`` times on the same warm engine, the median of each over the other. This machine's own speed
-    drifted by up to a quarter within a minute (in process: 565, then 437 tokens/s), so a ceiling measured once,
-    minutes before, is no yardstick for a saturation measured later."""
+    """Serving efficiency: output tokens/s at saturation over HTTP against the engine in this process (``service``,
+    warmed by ``run``'s first ceiling), measured in turns ``rounds`` times, the median of each over the other. This
+    machine's own speed drifted by up to a quarter within a minute (in process: 565, then 437 tokens/s), so a
+    ceiling measured once, minutes before, is no yardstick for a saturation measured later."""
     ceilings, served = [], []
-    for n in range(rounds):
-        ceilings.append(ceiling(service, items, warm=n > 0)["output_tokens_per_s"])
+    for _ in range(rounds):
+        ceilings.append(ceiling(service, items, warm=True)["output_tokens_per_s"])
         served.append(summarize(asyncio.run(drive(url, items, None, False)))["output_tokens_per_s"])
     ceiling_tps = statistics.median(ceilings)
     return {"ceilings": ceilings, "served": served, "efficiency": statistics.median(served) / ceiling_tps}
@@ -261,7 +261,6 @@ def run_direct_ingress(
         "idle_before": idle,
         "fronted": sorted(a for e in edges.values() for a in e["upstreams"]),
         "direct_ingress": all(e["direct_ingress"] for e in edges.values()),
-        "saturation": saturate(url, items, stream=False),
         "efficiency": efficiency(service, url, items, s.efficiency_rounds),
         "hop": hop(service, s, url, calls_by_value(config)),
         "paced_streams": paced_streams(config, dashboard, folder, url, s),
@@ -269,9 +268,9 @@ def run_direct_ingress(
 
 
 def calls_by_value(config: dict[str, Any]) -> bool:
-    """Whether the config's ingress calls the text service by value."""
+    """Whether the config's ingress calls the text service by value (``llm_config`` sets it)."""
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ingress")
-    return bool(ingress.get("user_config", {}).get("by_value_calls", True))
+    return ingress["user_config"]["by_value_calls"]
 
 
 # --- configs and the run --------------------------------------------------------------------------------------

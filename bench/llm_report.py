@@ -204,7 +204,7 @@ def direct_ingress_table(r: dict[str, Any]) -> list[str]:
             f"{ms} ms: " + " / ".join(f"{n}: {m['itl_p50_ms']:.1f}" for n, m in p["by_streams"].items())
             for ms, p in paced.items()
         )
-        tps = run["saturation"]["output_tokens_per_s"]
+        tps = median(run["efficiency"]["served"])  # the saturations the efficiency is measured on
         lines.append(
             f"| {label} | {tps:.0f} | {run['efficiency']['efficiency']:.2f} | "
             f"{hop['http_ms']:.1f} / {hop['bare_http_ms']:.1f} | {hop['http_added_ms']:.1f} | {itl} |"

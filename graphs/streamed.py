@@ -206,10 +206,10 @@ class StreamedComposition:
         ctx, cfg = self.ctx, self.config
         deadline = time.monotonic() + cfg.timeouts_s.article
         attempt = 0
+        # A token stream: by value over the replica's gRPC server when the text service takes its calls so.
+        by_value = SERVICES[STAGES["article"]].by_value
+        handle = ctx.handles["article"].options(stream=True, _by_reference=not by_value)
         while True:
-            # A token stream: by value over the replica's gRPC server when the text service takes its calls so.
-            by_value = SERVICES[STAGES["article"]].by_value
-            handle = ctx.handles["article"].options(stream=True, _by_reference=not by_value)
             stream = handle.write_article_stream.remote(ctx.article_request)
             article: Article | None = None
             received = False

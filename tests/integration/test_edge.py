@@ -32,7 +32,13 @@ from ray import serve
 from app.deploy import EDGE_IMPORT_PATH, edge_url, free_port
 from edge.admission import capacities
 from edge.haproxy import CAPPED_ROUTES
-from tests.integration.conftest import replica_ids, running_replicas, serve_cli, wait_deployments_healthy
+from tests.integration.conftest import (
+    DIRECT_INGRESS,
+    replica_ids,
+    running_replicas,
+    serve_cli,
+    wait_deployments_healthy,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,8 +213,7 @@ def test_under_direct_ingress_the_edge_fronts_the_ingress_replicas_and_passes_ov
     ingress replicas' own ports (no Python proxy), which listen on loopback only; concurrent requests are shared
     between them; one killed outright under load is replaced and fronted anew, and every request still ends in a
     200 (resent after a JSON refusal with Retry-After, or after a lost connection); stopping Serve stops HAProxy."""
-    direct_ingress = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
-    report = own_cluster_report("tests.integration.direct_ingress_edge", tmp_path, timeout=300, env=direct_ingress)
+    report = own_cluster_report("tests.integration.direct_ingress_edge", tmp_path, timeout=300, env=DIRECT_INGRESS)
     ports = [int(a.rsplit(":", 1)[1]) for a in report["upstreams"]]
     assert len(ports) == 2 and all(30000 <= p <= 31000 for p in ports)  # the replicas' own servers, not the proxy
     assert report["replica_listening"] == sorted(["127.0.0.1", p] for p in ports)  # loopback only
