@@ -61,3 +61,24 @@ VARIANT_SERVICES: tuple[str, ...] = tuple(name for name, spec in SERVICES.items(
 PIPELINE = "pipeline"  # the content pipeline's deployment (graphs/)
 INGRESS = "ingress"  # the HTTP edge's deployment (edge/)
 JOBS = "jobs"  # the content jobs consumer's deployment (graphs/jobs/), deployed with `args.jobs`
+
+
+class CallHandles:
+    """The handle each deployment is called through, made once (Serve's ``options`` makes a new handle): by value
+    over the replica's gRPC server when its service takes calls so (``ServiceSpec.by_value``) and the caller's
+    config allows it (``by_value_calls``), else Serve's default, through the object store. The ingress and the
+    pipeline both call through it."""
+
+    def __init__(self, handles: dict[str, Any]) -> None:
+        self.handles = handles
+        self._by_value: dict[str, Any] = {}
+
+    def get(self, deployment: str, service: str, by_value_calls: bool) -> Any | None:
+        """``deployment``'s handle (None: not deployed), for a call to ``service`` (a variant's is its service's)."""
+        found = self.handles.get(deployment)
+        spec = SERVICES.get(service)
+        if found is None or spec is None or not spec.by_value or not by_value_calls:
+            return found
+        if deployment not in self._by_value:
+            self._by_value[deployment] = found.options(_by_reference=False)
+        return self._by_value[deployment]

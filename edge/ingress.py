@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.calls import call
 from deployments.common import StrictModel
 from deployments.errors import NotFound, ServiceError, from_exception
-from deployments.registry import MODEL_SERVICES, PIPELINE, SERVICES, VARIANT_SERVICES
+from deployments.registry import MODEL_SERVICES, PIPELINE, VARIANT_SERVICES, CallHandles
 from edge.access import AccessConfig, AccessPolicy
 from edge.admission import EdgeAdmission
 from edge.experiments import (
@@ -101,7 +101,7 @@ class Ingress:
         jobs: dict[str, Any] | None = None,
     ) -> None:
         self.handles = handles
-        self._by_value: dict[str, DeploymentHandle] = {}  # handles of by-value services' deployments, made once
+        self.calls = CallHandles(handles)
         # Content jobs (the application's ``args.jobs``): taken here, queued on the broker, made by the consumer.
         self.jobs = JobBoard(JobsConfig.model_validate(jobs)) if jobs is not None else None
         self.services = tuple(name for name in (*MODEL_SERVICES, PIPELINE) if name in handles)
@@ -148,15 +148,10 @@ class Ingress:
         """The handle of a deployment of this application (of ``service``'s, when it is a variant); 404 for a
         service it does not deploy. A service whose calls travel by value (its ``ServiceSpec.by_value``) gets
         the handle that sends them over the replica's gRPC server."""
-        found = self.handles.get(deployment)
+        found = self.calls.get(deployment, service or deployment, self.config.by_value_calls)
         if found is None:
             raise NotFound(f"the {deployment} service is not deployed in this application")
-        spec = SERVICES.get(service or deployment)
-        if spec is None or not spec.by_value or not self.config.by_value_calls:
-            return found
-        if deployment not in self._by_value:
-            self._by_value[deployment] = found.options(_by_reference=False)
-        return self._by_value[deployment]
+        return found
 
     async def call(
         self,

@@ -109,6 +109,12 @@ class PipelineConfig(StrictModel):
         "resend waits for a live or replacement replica).",
     )
     register_items: bool = Field(True, description="Make stored content an item the recommender knows.")
+    by_value_calls: bool = Field(
+        True,
+        description="Calls to the services that take them by value (`text`: the article's token stream) go over "
+        "their replicas' gRPC servers with results by value; false: as Ray actor tasks through the object store, "
+        "Serve's default (as the ingress's switch of the same name).",
+    )
     database: DatabaseConfig = Field(
         default_factory=DatabaseConfig, description="This replica's connection pool to `catalog_url`."
     )

@@ -24,6 +24,10 @@ class Making:
     record: ContentRecord
     emit: Emit
     handles: dict[str, DeploymentHandle]  # stage -> the deployment that makes it (an experiment variant, or not)
+    # The article's deployment as its token stream is read: by value when the text service takes calls so
+    # (``CallHandles``); ``handles`` stay by reference, since the sequential composition chains the article's
+    # response into the image and voice calls, which takes an object reference.
+    article_stream: DeploymentHandle
     started: float
     article_request: ArticleRequest
     image_options: ContentImageOptions

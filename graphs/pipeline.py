@@ -37,6 +37,7 @@ from deployments.calls import call
 from deployments.errors import Conflict, InvalidRequest, ServiceError, from_exception
 from deployments.image import ImageResult
 from deployments.recommend import MAX_ITEM_TEXT, ItemIn, Recommendations, RecommendRequest
+from deployments.registry import CallHandles
 from deployments.telemetry import telemetry
 from deployments.text import Article, ArticleDelta, ArticleRequest
 from deployments.voice import VoiceResult
@@ -72,6 +73,7 @@ class ContentPipeline:
     def __init__(self, handles: dict[str, DeploymentHandle], config: dict[str, Any] | None = None) -> None:
         # The four services and their experiment variants, by deployment name (the ingress picks per request).
         self.handles = handles
+        self.calls = CallHandles(handles)
         self.config = PipelineConfig.model_validate(config or {})
         self._catalog: ContentCatalog | None = None  # opened by reconfigure, or on first use
         self._assets: AssetStore | None = None
@@ -228,10 +230,11 @@ class ContentPipeline:
 
     def _begin(self, request: ContentRequest, emit: Emit, variants: dict[str, StageVariant], content_id: str) -> Making:
         """The record of a new content, and the requests of its stages (each stage seeded from the request)."""
-        handles = {
-            stage: self.handles[variants[stage].deployment if stage in variants else service]
-            for stage, service in STAGES.items()
+        deployments = {
+            stage: variants[stage].deployment if stage in variants else service for stage, service in STAGES.items()
         }
+        handles = {stage: self.handles[deployment] for stage, deployment in deployments.items()}
+        article_stream = self.calls.get(deployments["article"], STAGES["article"], self.config.by_value_calls)
         record = ContentRecord(
             id=content_id,
             status="failed",
@@ -253,6 +256,7 @@ class ContentPipeline:
             record=record,
             emit=emit,
             handles=handles,
+            article_stream=article_stream,
             started=time.perf_counter(),
             article_request=ArticleRequest(
                 topic=request.topic, style=request.style, length=request.length, seed=request.seed
@@ -321,7 +325,7 @@ class ContentPipeline:
         )
 
     async def _stream_article(self, ctx: Making) -> Article:
-        stream = ctx.handles["article"].options(stream=True).write_article_stream.remote(ctx.article_request)
+        stream = ctx.article_stream.options(stream=True).write_article_stream.remote(ctx.article_request)
         article: Article | None = None
         try:
             async with asyncio.timeout(self.config.timeouts_s.article):

@@ -32,7 +32,6 @@ from typing import Any, Protocol
 from deployments.calls import call
 from deployments.common import Narrative
 from deployments.errors import BadOutput, ServiceError, from_exception, replica_died
-from deployments.registry import SERVICES
 from deployments.text import Article, ArticleDelta
 from deployments.text.articles import TITLE_MAX_CHARS
 from deployments.voice import SpeechPart, VoiceResult
@@ -206,9 +205,7 @@ class StreamedComposition:
         ctx, cfg = self.ctx, self.config
         deadline = time.monotonic() + cfg.timeouts_s.article
         attempt = 0
-        # A token stream: by value over the replica's gRPC server when the text service takes its calls so.
-        by_value = SERVICES[STAGES["article"]].by_value
-        handle = ctx.handles["article"].options(stream=True, _by_reference=not by_value)
+        handle = ctx.article_stream.options(stream=True)
         while True:
             stream = handle.write_article_stream.remote(ctx.article_request)
             article: Article | None = None

@@ -1,6 +1,6 @@
-"""Which handle the ingress calls a service through: by value over the replica's gRPC server for the services whose
-requests and answers are small (text and its experiment variants), through the object store for media, and
-through the object store for all when the config turns it off."""
+"""Which handle the ingress and the pipeline call a service through: by value over the replica's gRPC server for
+the services whose requests and answers are small (text and its experiment variants), through the object store
+for media, and through the object store for all when the caller's config turns it off."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 from deployments.registry import SERVICES
 from edge.ingress import Ingress
+from graphs.pipeline import ContentPipeline
+from graphs.schemas import ContentRequest, StageVariant
 
 
 class RecordingHandle:
@@ -39,6 +41,27 @@ def test_text_and_its_variants_are_called_by_value_and_media_through_the_object_
 def test_by_value_calls_can_be_turned_off() -> None:
     edge = ingress({"by_value_calls": False})
     assert edge.handle("text").given == {} and edge.handle("text-b", "text").given == {}
+
+
+def test_the_pipeline_reads_the_article_stream_by_value_unless_its_config_turns_it_off(tmp_path) -> None:
+    names = ("text", "text-b", "image", "voice", "recommend")
+    stores = {"catalog_url": f"sqlite:///{tmp_path}/content.db", "asset_url": str(tmp_path / "assets")}
+    on_variant = {"article": StageVariant(experiment="e", variant="b", deployment="text-b")}
+    for by_value, wanted in ((True, {"_by_reference": False}), (False, {})):
+        pipeline = ContentPipeline({n: RecordingHandle(n) for n in names}, {**stores, "by_value_calls": by_value})
+        for variants, deployment in (({}, "text"), (on_variant, "text-b")):
+            making = pipeline._begin(ContentRequest(topic="tides"), _no_events, variants, "c1")
+            article = making.article_stream
+            assert (article.name, article.given) == (deployment, wanted), (by_value, deployment)
+            again = pipeline._begin(ContentRequest(topic="x"), _no_events, variants, "c2")
+            assert again.article_stream is article  # made once, not per content
+            # The sequential composition chains the article's response into image and voice: by reference.
+            for stage in ("article", "image", "audio", "recommendations"):
+                assert making.handles[stage].given == {}, stage
+
+
+async def _no_events(event: str, data: dict[str, Any]) -> None:
+    pass
 
 
 def test_an_answer_over_the_grpc_message_cap_is_an_error_that_names_the_knob() -> None:
