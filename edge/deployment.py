@@ -17,7 +17,7 @@ from edge.admission import capacities, ingress_targets, serve_details, shares
 from edge.app import create_app
 from edge.haproxy import CAPPED_ROUTES, EdgeConfig, HAProxyEdge
 from edge.ingress import Ingress
-from edge.nodes import EdgePlace, edge_places, upstreams
+from edge.nodes import EdgePlace, edge_places, other_prefixes, upstreams
 
 
 def _replica() -> tuple[str | None, str | None]:
@@ -60,18 +60,20 @@ class NodeEdge:
     def __init__(self, config: dict[str, Any], place: EdgePlace, route_prefix: str) -> None:
         config = EdgeConfig.model_validate(config).model_copy(update={"port": place.port})
         self.place = place
-        self.edge = HAProxyEdge(config, [place.upstream], route_prefix)
+        self.edge = HAProxyEdge(config, place.upstream, route_prefix)
         self.edge.start()
 
     def stop(self) -> None:
         """Stop HAProxy (its port is free when this returns) and remove its folder."""
         self.edge.stop()
 
-    def apply(self, share: dict[str, int | None], servers: list[tuple[str, int]]) -> dict[str, int]:
-        """Front these servers (``edge.nodes.upstreams``) with this edge's share of every service's capacity."""
+    def apply(self, share: dict[str, int | None], servers: list[tuple[str, int]], others: list[str]) -> dict[str, int]:
+        """Front these servers (``edge.nodes.upstreams``) with this edge's share of every service's capacity, and
+        pass the other applications' route prefixes (``edge.nodes.other_prefixes``) to the node's Serve proxy."""
         if not self.edge.alive():
             raise RuntimeError("HAProxy is not running")
         self.edge.route(servers)
+        self.edge.others(others)
         return self.edge.apply(share)
 
     def describe(self) -> dict[str, Any]:
@@ -83,6 +85,7 @@ class NodeEdge:
             "address": f"{edge.config.host}:{edge.config.port}",
             "upstreams": [f"{a[0]}:{a[1]}" for a in servers],
             "direct_ingress": servers != [self.place.upstream],  # else Serve's proxy
+            "other_prefixes": list(edge.other_prefixes),  # passed to Serve's proxy
             "limits": dict(edge.limits),
             "stats": edge.stats() if edge.alive() else {},
         }
@@ -157,10 +160,15 @@ class EdgeDeployment:
             capacity = capacities(details, config.app, tuple(CAPPED_ROUTES)) if known else {}
             share = shares(capacity, len(self.edges))
             targets = await ingress_targets(config.app) if known else []
+            others = other_prefixes(details, config.app)
             nodes = list(self.edges)
             results = await asyncio.gather(
                 *(
-                    answer(self.edges[node][1].apply.remote(share, upstreams(self.edges[node][0], details, targets)))
+                    answer(
+                        self.edges[node][1].apply.remote(
+                            share, upstreams(self.edges[node][0], details, targets), others
+                        )
+                    )
                     for node in nodes
                 ),
                 return_exceptions=True,

@@ -10,7 +10,9 @@ queue, binds replica ports, a stats page and a metrics port on every interface, 
 
 Its servers are set at runtime (``route``): the ingress replicas' own HTTP servers when Serve runs direct
 ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: no Python proxy on the path), else the node's Serve proxy. Each
-backend has ``SLOTS`` server slots; a service's cap is split among the servers in use.
+backend has ``SLOTS`` server slots; a service's cap is split among the servers in use. Those replicas are one
+application's (``EdgeConfig.app``); the other applications' route prefixes (``others``), and every path outside
+the fronted application's prefix, go to the node's Serve proxy, which routes them.
 
 What it opens: the one listening address of its config (loopback in the local profile) and an admin socket, a
 Unix socket readable by its owner only (``stats`` reads it). A plain-text 5xx from upstream (an ingress replica
@@ -64,7 +66,11 @@ class EdgeConfig(StrictModel):
         description="Port clients connect to on every node (Serve's proxy listens on its own); nodes sharing one "
         "address (several Ray nodes on one host) get the next free ports.",
     )
-    app: str = Field("content-studio", description="The Serve application fronted; its services' capacity caps.")
+    app: str = Field(
+        "content-studio",
+        description="The Serve application fronted: its ingress replicas (direct ingress), its services' capacity "
+        "caps; other applications' route prefixes pass to the node's Serve proxy.",
+    )
     queue_timeout_ms: int = Field(
         50, ge=0, le=60_000, description="How long a request over a service's cap waits for a place, then 503."
     )
@@ -95,10 +101,12 @@ def _raw_response(status: int, reason: str, body: str, retry_after_s: int) -> st
     return "\r\n".join(head) + "\r\n\r\n" + body
 
 
-def render(config: EdgeConfig, route_prefix: str, folder: Path) -> str:
+def render(config: EdgeConfig, route_prefix: str, folder: Path, proxy: Address) -> str:
     """HAProxy's configuration: one backend per capped service, each with ``SLOTS`` server slots (their addresses
-    and ``maxconn`` set at runtime), and JSON error files for every refusal the edge makes itself."""
+    and ``maxconn`` set at runtime), one for the node's Serve ``proxy`` (other applications), and JSON error files
+    for every refusal the edge makes itself."""
     prefix = "" if route_prefix in ("", "/") else route_prefix.rstrip("/")
+    elsewhere = "other_app || !this_app" if prefix else "other_app"
     retry = config.retry_after_s
     lost = folder / "lost.json"
     lost.write_text(error_body("the request was lost with an ingress replica: retry it"))
@@ -132,7 +140,17 @@ def render(config: EdgeConfig, route_prefix: str, folder: Path) -> str:
         f"    http-response return status 503 content-type application/json file {lost} hdr Retry-After {retry} "
         "if { status 500 502 503 504 } !json !events",
     ]
+    # Other applications' route prefixes (exactly, or a path under one: ``others`` fills both files at runtime),
+    # and with a prefix of this app's own every path outside it, go to the node's Serve proxy, which routes them.
+    for name, fetch in (("other-apps", "path"), ("other-apps-under", "path_beg")):
+        (folder / f"{name}.acl").write_text("")
+        lines.append(f"    acl other_app {fetch} -f {folder / f'{name}.acl'}")
+    if prefix:
+        lines += [f"    acl this_app path {prefix}", f"    acl this_app path_beg {prefix}/"]
+    lines.append(f"    use_backend proxy if {elsewhere}")
     backends = ["backend serve", *_backend_lines(config, None, folder)]
+    backends += ["backend proxy", *_errorfiles(config, "proxy", "the application", folder), *HEALTH]
+    backends.append(f"    server proxy {proxy[0]}:{proxy[1]} check")
     for service, paths in CAPPED_ROUTES.items():
         matched = " ".join(f"{prefix}{p}" for p in paths)
         lines.append(f"    use_backend svc_{service} if METH_POST {{ path {matched} }}")
@@ -141,8 +159,18 @@ def render(config: EdgeConfig, route_prefix: str, folder: Path) -> str:
     return "\n".join(lines + backends) + "\n"
 
 
+# Health: Serve's proxy and each direct-ingress replica answer /-/healthz; a dead server is marked down within a
+# second (then its requests go to the others, or 503 at once when none is left).
+HEALTH = ["    balance leastconn", "    option httpchk GET /-/healthz", "    default-server inter 1s fall 2 rise 1"]
+
+
 def _backend_lines(config: EdgeConfig, service: str | None, folder: Path) -> list[str]:
-    who = service or "the app"
+    out = _errorfiles(config, service or "serve", service or "the app", folder) + HEALTH
+    out.append(f"    server-template {SLOT} 1-{SLOTS} 127.0.0.1:1 check disabled")  # set by ``route``
+    return out
+
+
+def _errorfiles(config: EdgeConfig, name: str, who: str, folder: Path) -> list[str]:
     # HAProxy's own 502 (the upstream closed or reset the connection: an ingress replica lost with the request)
     # is answered as a 503: the request may have run, the client resends it after Retry-After.
     files = {  # HAProxy's status: the status sent, its reason, the message
@@ -152,13 +180,9 @@ def _backend_lines(config: EdgeConfig, service: str | None, folder: Path) -> lis
     }
     out = []
     for status, (sent, reason, message) in files.items():
-        path = folder / f"{service or 'serve'}-{status}.http"
+        path = folder / f"{name}-{status}.http"
         path.write_text(_raw_response(sent, reason, error_body(message), config.retry_after_s))
         out.append(f"    errorfile {status} {path}")
-    # Health: Serve's proxy and each direct-ingress replica answer /-/healthz; a dead server is marked down within
-    # a second (then its requests go to the others, or 503 at once when none is left).
-    out += ["    balance leastconn", "    option httpchk GET /-/healthz", "    default-server inter 1s fall 2 rise 1"]
-    out.append(f"    server-template {SLOT} 1-{SLOTS} 127.0.0.1:1 check disabled")  # set by ``route``
     return out
 
 
@@ -190,10 +214,12 @@ class HAProxyEdge:
     """One HAProxy process: started, pointed at its servers and capped as they and the capacities change,
     described, stopped."""
 
-    def __init__(self, config: EdgeConfig, upstreams: list[Address], route_prefix: str = "/") -> None:
-        self.config, self.route_prefix = config, route_prefix
+    def __init__(self, config: EdgeConfig, proxy: Address, route_prefix: str = "/") -> None:
+        """``proxy``: the node's Serve proxy, fronted until ``route`` names the ingress replicas, and always the
+        server of the other applications' route prefixes (``others``)."""
+        self.config, self.proxy, self.route_prefix = config, proxy, route_prefix
         self.upstreams: list[Address | None] = []  # by slot; None: a slot out of use
-        self._wanted = list(upstreams)
+        self.other_prefixes: list[str] = []  # other applications' route prefixes, passed to the proxy
         self.folder = Path(tempfile.mkdtemp(prefix="content-studio-edge-"))
         self.process: subprocess.Popen | None = None
         self.limits: dict[str, int] = {}  # the edge's cap per service (0: none), split among its servers
@@ -201,7 +227,7 @@ class HAProxyEdge:
 
     def start(self, timeout_s: float = 10.0) -> None:
         path = self.folder / "haproxy.cfg"
-        path.write_text(render(self.config, self.route_prefix, self.folder))
+        path.write_text(render(self.config, self.route_prefix, self.folder, self.proxy))
         log = (self.folder / "haproxy.log").open("ab")
         self.process = subprocess.Popen(
             [haproxy_binary(), "-db", "-f", str(path)],
@@ -215,7 +241,7 @@ class HAProxyEdge:
                 self.stop()
                 raise RuntimeError(f"HAProxy did not start: {(self.folder / 'haproxy.log').read_text()[-2000:]}")
             time.sleep(0.05)
-        self.route(self._wanted)
+        self.route([self.proxy])
 
     def listening(self) -> bool:
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
@@ -273,6 +299,19 @@ class HAProxyEdge:
         self.upstreams = slots
         self._cap()
         return wanted
+
+    def others(self, prefixes: list[str]) -> None:
+        """Pass these route prefixes (the other applications') to the node's Serve proxy: a path equal to one, or
+        under one (``/spot`` and ``/spot/...``, not ``/spotty``)."""
+        wanted = sorted({p.rstrip("/") for p in prefixes} - {""})
+        if wanted == self.other_prefixes:
+            return
+        for name, suffix in (("other-apps", ""), ("other-apps-under", "/")):
+            acl = self.folder / f"{name}.acl"
+            self._run(f"clear acl {acl}")
+            for prefix in wanted:
+                self._run(f"add acl {acl} {prefix}{suffix}")
+        self.other_prefixes = wanted
 
     def apply(self, capacity: dict[str, int | None]) -> dict[str, int]:
         """Cap each service's requests in flight at its capacity (or the config's lower limit); 0 is no cap."""

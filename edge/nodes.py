@@ -12,6 +12,8 @@ What an edge fronts (``upstreams``): with Serve's direct ingress on (``RAY_SERVE
 groups: no Python proxy on the path. Serve binds them on ``http_options.host``: on every interface, an edge
 fronts every replica; on loopback (the local profile), only the replicas on its own host. Without direct ingress,
 or before a replica has its port, the edge fronts its node's Serve proxy.
+An edge fronts one application's ingress replicas; the other applications' route prefixes (``other_prefixes``)
+pass to its node's Serve proxy, which routes them.
 No Ray here: the Serve wiring is ``edge.deployment``.
 """
 
@@ -59,3 +61,13 @@ def upstreams(place: EdgePlace, details: dict[str, Any], targets: list[tuple[str
     on_loopback = host in LOOPBACK  # reached over loopback, so from its own host only
     reachable = [(host, port) for ip, port in targets if ip == place.node_ip] if on_loopback else list(targets)
     return sorted(reachable) or [place.upstream]
+
+
+def other_prefixes(details: dict[str, Any], app: str) -> list[str]:
+    """The route prefixes of the applications other than ``app`` that a path under ``app``'s own would reach
+    first (Serve routes by the longest prefix): those longer than it. A path outside ``app``'s prefix goes to the
+    proxy anyway (``edge.haproxy.render``); an application without HTTP (``route_prefix: null``) has none."""
+    apps = details.get("applications", {})
+    own = len((apps.get(app, {}).get("route_prefix") or "/").rstrip("/"))
+    prefixes = {(found.get("route_prefix") or "").rstrip("/") for name, found in apps.items() if name != app}
+    return sorted(p for p in prefixes if len(p) > own)

@@ -9,7 +9,7 @@ import time
 import httpx
 import ray
 
-from app.deploy import deployments_of
+from app.deploy import deployments_of, edge_url
 from tests.integration.conftest import extra_app, wait_healthy, with_app
 
 MODELS = ("text", "image", "voice", "recommend")
@@ -126,10 +126,10 @@ def test_overload_gets_503_at_once_and_slowness_504_at_the_timeout(deployed_app:
 def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, redeploy, tmp_path) -> None:
     """Two extra nodes offer a `spot` resource; text must run on one. Removing its node: requests fail fast or
     degrade while Serve restarts the replica on the other node, then succeed again; nothing hangs. Meanwhile
-    clients that resend what was refused, after its Retry-After (the openai client's way): every one of their
-    requests is only delayed, each refusal a JSON 503 saying when to come back (or the ingress's 504). They reach
-    this second application through Serve's proxy: under direct ingress the C edge fronts the session
-    application's ingress replicas only (docs/edge.md); a node lost behind the edge is every_node_edge.py's."""
+    clients that resend what was refused, after its Retry-After (the openai client's way), through the C edge:
+    every one of their requests is only delayed, each refusal a JSON 503 saying when to come back (or the
+    ingress's 504). The edge fronts the session application's ingress replicas and passes this second
+    application's route prefix to Serve's proxy (docs/edge.md)."""
     cluster = deployed_app["cluster"]
     # Spot nodes have no CPUs for anyone else: only the text replica (0 CPUs, half a `spot`) can land there.
     spot = [cluster.add_node(num_cpus=0, resources={"spot": 1}) for _ in range(2)]
@@ -148,7 +148,9 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
         url = f"{deployed_app['url']}/spot"
         node = httpx.get(f"{url}/v1/health", timeout=30).json()["services"]["text"]["node_id"]
         doomed = next(n for n in spot if n.node_id == node)
-        resending = ResendingClients(f"{url}/v1/completions", clients=3)
+        edge = f"{edge_url(deployed_app['config'])}/spot"
+        wait_healthy(edge)  # the edge passes the new prefix on within a round (`refresh_s`)
+        resending = ResendingClients(f"{edge}/v1/completions", clients=3)
         cluster.remove_node(doomed, allow_graceful=False)
 
         outcomes: list[tuple[int, float]] = []
@@ -165,7 +167,7 @@ def test_a_lost_node_fails_fast_then_the_service_comes_back(deployed_app: dict, 
         # clear 503/504 while its replica moved; nothing hung.
         assert all(status in (200, 503, 504) for status, _ in outcomes), outcomes
         served, refusals, failures = resending.stop()
-        assert failures == [] and served > 0, failures  # delayed, never failed
+        assert failures == [] and served > 0, failures  # through the edge: delayed, never failed
         for status, content_type, retry_after in refusals:  # a 504 (the ingress's timeout) is resent as any 5xx
             assert status in (503, 504) and "json" in content_type and (retry_after or status == 504), refusals
         # The replacement answers; its description may lag a moment behind (health asks each service with a
@@ -200,7 +202,7 @@ class ResendingClients:
                 for _ in range(30):
                     try:
                         response = http.post(self.url, json={"prompt": f"Spot {n}", "max_tokens": 2})
-                    except httpx.TransportError as exc:  # the server holds the connection: never expected
+                    except httpx.TransportError as exc:  # the edge holds the connection: never expected
                         self.failures.append(repr(exc))
                         break
                     if response.status_code == 200:

@@ -5,7 +5,7 @@ else its proxy); each edge's share of a service's capacity (edge/admission.py)."
 from __future__ import annotations
 
 from edge.admission import shares
-from edge.nodes import EdgePlace, edge_places, upstreams
+from edge.nodes import EdgePlace, edge_places, other_prefixes, upstreams
 
 
 def details(proxies: dict[str, str], host: str = "0.0.0.0", head: str = "h", drained: tuple[str, ...] = ()) -> dict:
@@ -56,3 +56,11 @@ def test_under_direct_ingress_an_edge_fronts_the_ingress_replicas_it_can_reach_e
     places = edge_places(loopback, 8000, {})
     assert upstreams(places["h"], loopback, replicas) == [("127.0.0.1", 30000)]  # its own host's, over loopback
     assert upstreams(places["w1"], loopback, [("10.0.0.1", 30000)]) == [("127.0.0.1", 8001)]  # none it can reach
+
+
+def test_the_other_applications_prefixes_an_edge_passes_on_are_those_a_path_under_its_own_would_reach_first() -> None:
+    apps = {"content-studio": "/", "spot": "/spot/", "jobs": "/jobs", "edge": None, "root-twin": "/"}
+    details = {"applications": {name: {"route_prefix": prefix} for name, prefix in apps.items()}}
+    assert other_prefixes(details, "content-studio") == ["/jobs", "/spot"]
+    assert other_prefixes(details, "spot") == []  # longer than every other: what reaches it is its own
+    assert other_prefixes({"applications": {}}, "content-studio") == []  # not deployed yet

@@ -8,6 +8,7 @@ two stubs, how the edge shares a cap among its servers and passes over a dead on
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import socket
@@ -62,7 +63,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/app-error":
             self._answer(500, b'{"error": {"message": "boom", "type": "server_error"}}', "application/json")
         else:
-            self._answer(200, b'{"ok": true}', "application/json")
+            self._answer(200, json.dumps({"port": self.server.server_address[1]}).encode(), "application/json")
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -86,7 +87,7 @@ second = pytest.fixture(_serving_stub, name="second")  # a second upstream: two 
 @pytest.fixture
 def edge(upstream: StubProxy) -> Iterator[HAProxyEdge]:
     config = EdgeConfig(port=free_port(), limits={"text": 1}, queue_timeout_ms=20, retry_after_s=2)
-    edge = HAProxyEdge(config, [upstream.server_address[:2]])
+    edge = HAProxyEdge(config, upstream.server_address[:2])
     edge.start()
     edge.apply({"text": None, "image": 8})
     yield edge
@@ -118,7 +119,7 @@ def assert_json_503(response: httpx.Response, *words: str) -> None:
 
 def test_the_rendered_configuration_is_valid_haproxy(tmp_path) -> None:
     path = tmp_path / "haproxy.cfg"
-    path.write_text(render(EdgeConfig(app="content-studio"), "/studio", tmp_path))
+    path.write_text(render(EdgeConfig(app="content-studio"), "/studio", tmp_path, ("127.0.0.1", 8001)))
     checked = subprocess.run([haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "path /studio/v1/completions /studio/v1/chat/completions" in path.read_text()  # the app's prefix
@@ -155,7 +156,7 @@ def test_a_request_lost_with_its_upstream_gets_a_json_503_even_on_a_kept_alive_c
 
 
 def test_with_serves_proxy_down_every_request_gets_a_json_503(upstream: StubProxy) -> None:
-    edge = HAProxyEdge(EdgeConfig(port=free_port(), retry_after_s=2), [("127.0.0.1", free_port())])  # no one there
+    edge = HAProxyEdge(EdgeConfig(port=free_port(), retry_after_s=2), ("127.0.0.1", free_port()))  # no one there
     edge.start()
     try:
         with httpx.Client(base_url=url(edge), timeout=30) as client:
@@ -182,7 +183,7 @@ def test_haproxy_dies_with_the_process_that_started_it(upstream: StubProxy) -> N
         [
             "import time",
             "from edge.haproxy import EdgeConfig, HAProxyEdge",
-            f"edge = HAProxyEdge(EdgeConfig(port={port}), [{tuple(upstream.server_address[:2])!r}])",
+            f"edge = HAProxyEdge(EdgeConfig(port={port}), {tuple(upstream.server_address[:2])!r})",
             "edge.start()",
             "print(edge.process.pid, flush=True)",
             "time.sleep(60)",
@@ -268,6 +269,46 @@ def test_a_replica_that_refuses_connections_is_passed_over_and_a_new_one_is_take
         codes = [client.post("/v1/completions", json={}).status_code for _ in range(6)]
     assert codes == [200] * 6
     assert upstream.arrived._value == before and second.arrived._value == 6
+
+
+def test_other_applications_prefixes_pass_to_serves_proxy_and_the_rest_to_the_replicas(
+    upstream: StubProxy, second: StubProxy
+) -> None:
+    """Direct ingress: the edge fronts one application's ingress replica (``upstream``); another application's
+    route prefix, exactly or a path under it, goes to the node's Serve proxy (``second``), uncapped by this app's
+    services; a path that only starts with the same letters stays with the replica."""
+    upstream.release.set()
+    second.release.set()
+    edge = HAProxyEdge(EdgeConfig(port=free_port(), limits={"text": 1}), second.server_address[:2])
+    edge.start()
+    try:
+        edge.route([upstream.server_address[:2]])
+        edge.others(["/spot/", "/jobs"])
+        replica, proxy = (s.server_address[1] for s in (upstream, second))
+        with httpx.Client(base_url=url(edge), timeout=30) as client:
+            wanted = {"/spot": proxy, "/spot/v1/health": proxy, "/jobs/x": proxy, "/spotty": replica, "/v1/x": replica}
+            assert {path: client.get(path).json()["port"] for path in wanted} == wanted
+            assert [client.post("/spot/v1/completions", json={}).status_code for _ in range(3)] == [200] * 3
+            assert second.arrived._value == 3 and upstream.arrived._value == 0
+            edge.others([])  # that application is gone: its prefix is this one's again
+            assert client.get("/spot/v1/health").json()["port"] == replica
+    finally:
+        edge.stop()
+
+
+def test_with_a_prefix_of_its_own_an_edge_passes_every_path_outside_it_to_serves_proxy(
+    upstream: StubProxy, second: StubProxy
+) -> None:
+    edge = HAProxyEdge(EdgeConfig(port=free_port()), second.server_address[:2], route_prefix="/studio")
+    edge.start()
+    try:
+        edge.route([upstream.server_address[:2]])
+        replica, proxy = (s.server_address[1] for s in (upstream, second))
+        with httpx.Client(base_url=url(edge), timeout=30) as client:
+            wanted = {"/studio": replica, "/studio/v1/health": replica, "/studios": proxy, "/other/v1": proxy}
+            assert {path: client.get(path).json()["port"] for path in wanted} == wanted
+    finally:
+        edge.stop()
 
 
 def test_an_unknown_config_field_is_refused() -> None:
