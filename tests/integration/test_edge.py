@@ -277,7 +277,21 @@ def load_while_an_ingress_replica_dies(
     while running_replicas("content-studio")["ingress"] < 2:
         assert time.monotonic() < deadline
         time.sleep(1)
+    wait_edge_fronts(2)
     return completed, errors
+
+
+def wait_edge_fronts(replicas: int, timeout: float = 60) -> None:
+    """Until the edge fronts ``replicas`` ingress replicas, each passing its health checks: a replacement is
+    taken within a round (``refresh_s``) and a check (the edge's view trails Serve's by up to a few seconds, and
+    a second loss before the replacement is up leaves the edge nothing to send to)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        servers = describe("edge")["stats"].get("svc_text", {}).get("servers", {})
+        if len(servers) == replicas and set(servers.values()) == {"UP"}:
+            return
+        assert time.monotonic() < deadline, servers
+        time.sleep(0.5)
 
 
 def test_an_ingress_replica_lost_under_load_fails_only_with_json_503s_that_one_resend_survives(
@@ -289,6 +303,7 @@ def test_an_ingress_replica_lost_under_load_fails_only_with_json_503s_that_one_r
     import openai
 
     assert running_replicas("content-studio")["ingress"] == 2
+    wait_edge_fronts(2)
     completed, errors = load_while_an_ingress_replica_dies(edge, deployed_app["head_node_id"], max_retries=0)
     assert completed > 0
     for error in errors:

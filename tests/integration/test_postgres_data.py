@@ -13,7 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.conftest import wait_deployments_healthy
+from tests.integration.conftest import ONE_PER_NODE, wait_deployments_healthy
 
 APP = "content-studio"
 
@@ -58,18 +58,23 @@ def test_replicas_on_different_nodes_write_at_once_without_losing_or_doubling_ro
     from ray.util.state import list_actors
 
     config = copy.deepcopy(deployed_app["config"])
-    for name in ("pipeline", "recommend"):
+    for name in ONE_PER_NODE:  # at most one replica per node already: two replicas are on two nodes
         deployment = _deployment(config, name)
-        deployment.pop("autoscaling_config", None)
-        deployment.update(num_replicas=2, max_replicas_per_node=1)
+        assert deployment["max_replicas_per_node"] == 1
+        # Two replicas, as a lightweight update: an autoscaled deployment keeps its autoscaling config (with both
+        # bounds at 2), since adding or removing one changes the application's code version (Serve hashes the
+        # deployments' autoscaling policies into it), which restarts every replica of the app, going and back.
+        if "autoscaling_config" in deployment:
+            deployment["autoscaling_config"] |= {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 2}
+        else:
+            deployment["num_replicas"] = 2
     redeploy(config, app=APP, healthy=("pipeline", "recommend", "ingress"))
     deadline = time.monotonic() + 120
     nodes: dict[str, set[str]] = {}
     while time.monotonic() < deadline:
         alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
         nodes = {
-            name: {a.node_id for a in alive if a.class_name == f"ServeReplica:{APP}:{name}"}
-            for name in ("pipeline", "recommend")
+            name: {a.node_id for a in alive if a.class_name == f"ServeReplica:{APP}:{name}"} for name in ONE_PER_NODE
         }
         if all(len(ids) == 2 for ids in nodes.values()):
             break
