@@ -44,7 +44,7 @@ LLM_TARGETS = {  # name: (ratio, comparison, bound)
     "TTFT p95 at half saturation <= 0.3x static": ("ttft_p95_half_rate_vs_static", "<=", 0.3),
     "time to first token <= 10% of a 128-token completion": ("ttft_share_128", "<=", 0.10),
     "one-token call through a handle adds <= 5 ms over in-process": ("handle_added_ms", "<=", 5.0),
-    "one-token completion over HTTP adds <= 5 ms over in-process + bare round trips, through Serve's proxy": (
+    "one-token completion over HTTP adds <= 5 ms over in-process + one bare HTTP round trip, through Serve's proxy": (
         "http_added_ms",
         "<=",
         5.0,
