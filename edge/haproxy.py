@@ -50,6 +50,9 @@ CAPPED_ROUTES: dict[str, tuple[str, ...]] = {
     "recommend": ("/v1/recommendations",),
     PIPELINE: ("/v1/content",),
 }
+# The other applications' route prefixes, passed to the node's Serve proxy: HAProxy ACL files, by name, with the
+# match each takes and what ``others`` adds to a prefix there (a path equal to one, or under one).
+OTHER_APPS = {"other-apps": ("path", ""), "other-apps-under": ("path_beg", "/")}
 SLOTS = 16  # server slots per backend: the ingress replicas (or the one Serve proxy) an edge fronts at most
 SLOT = "up"  # the slots' names: up1 .. up16
 Address = tuple[str, int]
@@ -142,7 +145,7 @@ def render(config: EdgeConfig, route_prefix: str, folder: Path, proxy: Address) 
     ]
     # Other applications' route prefixes (exactly, or a path under one: ``others`` fills both files at runtime),
     # and with a prefix of this app's own every path outside it, go to the node's Serve proxy, which routes them.
-    for name, fetch in (("other-apps", "path"), ("other-apps-under", "path_beg")):
+    for name, (fetch, _) in OTHER_APPS.items():
         (folder / f"{name}.acl").write_text("")
         lines.append(f"    acl other_app {fetch} -f {folder / f'{name}.acl'}")
     if prefix:
@@ -306,7 +309,7 @@ class HAProxyEdge:
         wanted = sorted({p.rstrip("/") for p in prefixes} - {""})
         if wanted == self.other_prefixes:
             return
-        for name, suffix in (("other-apps", ""), ("other-apps-under", "/")):
+        for name, (_, suffix) in OTHER_APPS.items():
             acl = self.folder / f"{name}.acl"
             self._run(f"clear acl {acl}")
             for prefix in wanted:

@@ -312,8 +312,9 @@ def use_broker(config: dict[str, Any], broker: dict[str, str] | None, databases:
 
 
 # Deployments a test scales out to replicas on distinct nodes (test_postgres_data): at most one per node from the
-# start (the session cluster has three), so that scaling out and back is a lightweight update (num_replicas),
-# not a placement change that replaces every replica of both, going and coming back (measured: 180 s of the suite).
+# start (the session cluster has three), so that scaling out and back is a lightweight update (replica counts),
+# not a placement change that replaces every replica of both, going and coming back. (Most of that test's 180 s
+# before was another restart: removing an autoscaling config changes the app's code version; see the test.)
 ONE_PER_NODE = ("pipeline", "recommend")
 
 
