@@ -51,7 +51,7 @@ class LLMSettings:
     rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the saturation request rate
     guidellm_seconds: int = 30
     hop_calls: int = 100
-    efficiency_rounds: int = 3  # turns of in-process ceiling and saturation over HTTP
+    efficiency_rounds: int = 5  # turns of in-process ceiling and saturation over HTTP
     streams: tuple[int, ...] = (8, 64)  # concurrent paced streams: the fewest and the most
     paced_tokens: int = 48
 
@@ -144,15 +144,16 @@ def ceiling(service: Any, items: list[tuple[list[int], int]], warm: bool = False
 
 def efficiency(service: Any, url: str, items: list[tuple[list[int], int]], rounds: int) -> dict[str, Any]:
     """Serving efficiency: output tokens/s at saturation over HTTP against the engine in this process (``service``,
-    warmed by ``run``'s first ceiling), measured in turns ``rounds`` times, the median of each over the other. This
-    machine's own speed drifted by up to a quarter within a minute (in process: 565, then 437 tokens/s), so a
-    ceiling measured once, minutes before, is no yardstick for a saturation measured later."""
+    warmed by ``run``'s first ceiling), measured in turns ``rounds`` times: the median of the rounds' ratios, each
+    saturation over the ceiling measured just before it. This machine's own speed drifted by up to a quarter within
+    a minute (in process: 565, then 437 tokens/s; on 2026-12-07 the ceilings of one run spread from 873 to 1,152),
+    so a ceiling is compared only with the saturation beside it, never with one measured minutes apart."""
     ceilings, served = [], []
     for _ in range(rounds):
         ceilings.append(ceiling(service, items, warm=True)["output_tokens_per_s"])
         served.append(summarize(asyncio.run(drive(url, items, None, False)))["output_tokens_per_s"])
-    ceiling_tps = statistics.median(ceilings)
-    return {"ceilings": ceilings, "served": served, "efficiency": statistics.median(served) / ceiling_tps}
+    ratios = [s / c for s, c in zip(served, ceilings, strict=True)]
+    return {"ceilings": ceilings, "served": served, "ratios": ratios, "efficiency": statistics.median(ratios)}
 
 
 def hop(service: Any, s: LLMSettings, url: str, by_value: bool) -> dict[str, float]:

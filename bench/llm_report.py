@@ -194,8 +194,8 @@ def markdown(r: dict[str, Any]) -> str:
 def direct_ingress_table(r: dict[str, Any]) -> list[str]:
     """The same engine through the edge onto Serve's proxy and onto the ingress replicas (direct ingress)."""
     lines = [
-        "| path (continuous engine) | tokens/s at saturation | efficiency | 1-token HTTP / GET /ping (ms) | "
-        "added (ms) | ITL p50 by pace, by streams (ms) |",
+        "| path (continuous engine) | tokens/s at saturation | efficiency (rounds' spread) | "
+        "1-token HTTP / GET /ping (ms) | added (ms) | ITL p50 by pace, by streams (ms) |",
         "|---|---|---|---|---|---|",
     ]
     for label, run in (("edge -> Serve's proxy", r["continuous"]), ("edge -> ingress replicas", r["direct_ingress"])):
@@ -204,9 +204,11 @@ def direct_ingress_table(r: dict[str, Any]) -> list[str]:
             f"{ms} ms: " + " / ".join(f"{n}: {m['itl_p50_ms']:.1f}" for n, m in p["by_streams"].items())
             for ms, p in paced.items()
         )
-        tps = median(run["efficiency"]["served"])  # the saturations the efficiency is measured on
+        eff = run["efficiency"]
+        tps = median(eff["served"])  # the saturations the efficiency is measured on
+        spread = f" ({min(eff['ratios']):.2f}-{max(eff['ratios']):.2f})" if len(eff["ratios"]) > 1 else ""
         lines.append(
-            f"| {label} | {tps:.0f} | {run['efficiency']['efficiency']:.2f} | "
+            f"| {label} | {tps:.0f} | {eff['efficiency']:.2f}{spread} | "
             f"{hop['http_ms']:.1f} / {hop['bare_http_ms']:.1f} | {hop['http_added_ms']:.1f} | {itl} |"
         )
     return lines
