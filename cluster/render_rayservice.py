@@ -41,18 +41,10 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(_Literal, _literal)
 
 
-class _Expanded(yaml.SafeDumper):
-    """Writes every value in full: serve_config.yaml shares one env block by a YAML anchor, and the manifest's
-    serveConfigV2 reads plainer (and passes any YAML-to-JSON step) without ``&id001``/``*id001``."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
 def render(base: Path = BASE, serve_config: Path = SERVE_CONFIG) -> str:
     manifest: dict[str, Any] = yaml.safe_load(base.read_text())
     config = yaml.safe_load(serve_config.read_text())
-    manifest["spec"]["serveConfigV2"] = _Literal(yaml.dump(config, Dumper=_Expanded, sort_keys=False))
+    manifest["spec"]["serveConfigV2"] = _Literal(yaml.safe_dump(config, sort_keys=False))
     return HEADER + yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=120)
 
 
