@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -213,6 +214,30 @@ def _die_with_parent() -> None:  # in the child, before exec: the kernel ends HA
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+FOLDER_PREFIX = "content-studio-edge-"  # then the owning process's pid, a dash, mkdtemp's random name
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's, alive
+        return True
+    return True
+
+
+def edge_folder() -> Path:
+    """A new folder for one HAProxy (config, error pages, admin socket, log), named after this process, once the
+    folders of edges whose process is gone are removed: a replica killed outright runs no ``stop``, and its
+    HAProxy dies with it (``_die_with_parent``) but its folder would stay in the temp directory for good."""
+    for old in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        owner = old.name.removeprefix(FOLDER_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not _process_alive(int(owner)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
+
+
 class HAProxyEdge:
     """One HAProxy process: started, pointed at its servers and capped as they and the capacities change,
     described, stopped."""
@@ -223,7 +248,7 @@ class HAProxyEdge:
         self.config, self.proxy, self.route_prefix = config, proxy, route_prefix
         self.upstreams: list[Address | None] = []  # by slot; None: a slot out of use
         self.other_prefixes: list[str] = []  # other applications' route prefixes, passed to the proxy
-        self.folder = Path(tempfile.mkdtemp(prefix="content-studio-edge-"))
+        self.folder = edge_folder()
         self.process: subprocess.Popen | None = None
         self.limits: dict[str, int] = {}  # the edge's cap per service (0: none), split among its servers
         self._set: dict[str, tuple[int, str]] = {}  # each capped server's maxconn and state, as last set

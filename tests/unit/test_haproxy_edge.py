@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psutil
@@ -185,12 +186,13 @@ def test_haproxy_dies_with_the_process_that_started_it(upstream: StubProxy) -> N
             "from edge.haproxy import EdgeConfig, HAProxyEdge",
             f"edge = HAProxyEdge(EdgeConfig(port={port}), {tuple(upstream.server_address[:2])!r})",
             "edge.start()",
-            "print(edge.process.pid, flush=True)",
+            "print(edge.process.pid, edge.folder, flush=True)",
             "time.sleep(60)",
         ]
     )
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    pid = int(owner.stdout.readline())
+    pid_text, folder_text = owner.stdout.readline().split()
+    pid, folder = int(pid_text), Path(folder_text)
     assert psutil.pid_exists(pid)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
@@ -200,6 +202,16 @@ def test_haproxy_dies_with_the_process_that_started_it(upstream: StubProxy) -> N
         time.sleep(0.05)
     with httpx.Client(timeout=2) as client, pytest.raises(httpx.ConnectError):
         client.get(f"http://127.0.0.1:{port}/")
+    # Its folder outlived it (no stop ran); the next edge made on this machine removes it, and keeps live ones.
+    assert folder.is_dir()
+    live = HAProxyEdge(EdgeConfig(port=free_port()), tuple(upstream.server_address[:2]))
+    later = HAProxyEdge(EdgeConfig(port=free_port()), tuple(upstream.server_address[:2]))
+    try:
+        assert not folder.exists()
+        assert live.folder.is_dir() and later.folder.is_dir()
+    finally:
+        live.stop()
+        later.stop()
 
 
 def arrived(*servers: StubProxy, timeout: float = 10) -> list[int]:
