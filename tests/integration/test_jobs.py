@@ -80,7 +80,9 @@ def test_bad_and_unknown_jobs(client: httpx.Client) -> None:
 
 
 def test_cancelling_a_job_stops_it(client: httpx.Client, deployed_app: dict, redeploy) -> None:
-    redeploy(slow_writing(deployed_app["config"], 0.05))
+    # The run sees the cancel at its next heartbeat (every lease_s / 3: 2 s here); at 0.05 s a token a fast host
+    # finished the whole content first (seen: "complete"), so the article is written slowly enough to outlast it.
+    redeploy(slow_writing(deployed_app["config"], 0.25))
     wait_rolled_out()
     job = submit(client, {**BODY, "seed": 22})
     follow(client, job["id"], stop_after=2)  # it is being made
