@@ -13,17 +13,17 @@ the other on the same Ray instance; each is measured:
 plus, for the new engine, its in-process ceiling on the same workload (``TextService`` in this process,
 everything submitted at once), the time to first token of one 128-token completion, what a handle and HTTP add
 to a one-token call over the engine in-process, and inter-token latency of few and many paced streams. The
-requests and their timing are bench/llm_load.py, guidellm's runs bench/llm_guidellm.py. Targets are printed
-pass/MISS; nothing here is a test.
+requests and their timing are bench/llm_load.py, guidellm's runs bench/llm_guidellm.py, the paced streams
+(over HTTP and against the engine alone) bench/llm_paced.py. Targets are printed pass or MISS, or not readable
+where the engine alone misses them on this host; nothing here is a test.
 
-    python -m bench.llm [--quick] [--profile heavy|local] [--by-reference]
+    python -m bench.llm [--quick] [--profile heavy|local] [--by-reference] [--direct-ingress-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import math
 import os
@@ -40,6 +40,7 @@ import httpx
 from bench.harness import APP, RESULTS, ROOT, bench_config, deploy, ensure_heavy_text, local_ray, settle
 from bench.llm_guidellm import guidellm
 from bench.llm_load import MODEL, Sample, drive, measure, summarize
+from bench.llm_paced import paced_in_process, paced_streams
 from bench.llm_report import llm_ratios, llm_targets, markdown, plot
 
 
@@ -200,40 +201,6 @@ def hop(service: Any, s: LLMSettings, url: str, by_value: bool) -> dict[str, flo
 HOP_BLOCK = 10  # calls of one path in a row, in ``hop``
 
 
-# A paced stream's time per token: a large model's step, whatever this machine's engine does. At 50 ms, the heavy
-# engine's 64 streams ask for 1,280 tokens/s, all it makes at 64 rows on two cores in process (1,277 measured
-# 2026-12-07): no slack, so any CPU the serving path takes shows as inter-token latency. At 100 ms it runs at half
-# its capacity, and what grows with the count of streams is the serving path's alone.
-PACES_S = (0.05, 0.1)
-
-
-def paced_streams(config: dict[str, Any], dashboard: str, folder: Path, url: str, s: LLMSettings) -> dict[str, Any]:
-    """Inter-token latency of ``s.streams`` concurrent streams with the text replica pacing every stream at each
-    of ``PACES_S`` per token (its ``faults.stream_delay_s``), so the engine's load per stream is the same at any
-    count and what grows with the count is the serving path's: a message per token through the replica, the
-    ingress, Serve's proxy and the edge. ``serve deploy`` reconfigures the text replica in place, and back
-    afterwards. By pace in ms: the streams' measurements and the most's ITL p50 over the fewest's."""
-    by_pace = {}
-    for pace in PACES_S:
-        paced = copy.deepcopy(config)
-        text = next(d for d in paced["applications"][0]["deployments"] if d["name"] == "text")
-        text["user_config"].setdefault("faults", {})["stream_delay_s"] = pace
-        deploy(paced, dashboard, folder, f"paced-{pace * 1000:.0f}")
-        deadline = time.monotonic() + 120
-        while abs(measure(url, [([11, 12, 13, 14], 4)], None, True)["itl_p50_ms"] / (pace * 1000) - 1) > 0.2:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the text replica did not take its stream pacing within 120 s")
-            time.sleep(1)
-        by_streams = {
-            str(count): measure(url, [([11 + i % 50, 12, 13, 14], s.paced_tokens) for i in range(count)], None, True)
-            for count in s.streams
-        }
-        low, high = (by_streams[str(c)]["itl_p50_ms"] for c in (min(s.streams), max(s.streams)))
-        by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "itl_ratio": high / low}
-    deploy(config, dashboard, folder, "unpaced")
-    return by_pace
-
-
 def ttft_share(url: str, tokens: int = 128, runs: int = 3) -> dict[str, float]:
     firsts, wholes = [], []
     for n in range(runs + 1):
@@ -273,7 +240,7 @@ def run_direct_ingress(
         "direct_ingress": all(e["direct_ingress"] for e in edges.values()),
         "efficiency": efficiency(service, url, items, s.efficiency_rounds),
         "hop": hop(service, s, url, calls_by_value(config)),
-        "paced_streams": paced_streams(config, dashboard, folder, url, s),
+        "paced_streams": paced_streams(config, dashboard, folder, url, s.streams, s.paced_tokens),
     }
 
 
@@ -291,6 +258,10 @@ def llm_config(profile: str, root: Path, engine: str, by_value: bool = True) -> 
     app = config["applications"][0]
     ingress = next(d for d in app["deployments"] if d["name"] == "ingress")
     ingress.setdefault("user_config", {})["by_value_calls"] = by_value
+    # A saturation is every request at once: on a slow host the static engine's last requests are answered after
+    # the local profile's 60 s (a 504 ended one heavy run's warm-up, 2026-12-07). The bench measures throughput,
+    # not the product's timeout.
+    ingress["user_config"].setdefault("timeouts_s", {})["text"] = 600
     text = next(d for d in app["deployments"] if d["name"] == "text")
     user = text["user_config"]
     user["served_model_name"] = MODEL
@@ -338,7 +309,12 @@ def run_engine(
     return out
 
 
-def run(profile: str, s: LLMSettings, by_value: bool = True) -> dict[str, Any]:
+def run(
+    profile: str, s: LLMSettings, by_value: bool = True, direct_only: bool = False, out: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every section in turn, written into ``out`` as each ends, so that a caller keeps what was measured when a
+    later section fails. ``direct_only``: the in-process ceiling and the direct-ingress section alone, the path
+    the edge's targets are read on, in about a third of the whole run's time."""
     from ray import serve
 
     from app.deploy import edge_url, free_port, session_config
@@ -347,7 +323,8 @@ def run(profile: str, s: LLMSettings, by_value: bool = True) -> dict[str, Any]:
 
     ensure_tiny_models()
     calls = "by value" if by_value else "by reference"
-    out: dict[str, Any] = {"profile": profile, "settings": s.__dict__, "calls": calls}
+    out = {} if out is None else out
+    out.update(profile=profile, settings=s.__dict__, calls=calls)
     with tempfile.TemporaryDirectory(prefix="bench-llm-") as tmp:
         folder = Path(tmp)
         (folder / ".cache").symlink_to(ROOT / ".cache")
@@ -368,18 +345,22 @@ def run(profile: str, s: LLMSettings, by_value: bool = True) -> dict[str, Any]:
             "output_tokens": sum(o for _, o in items),
         }
         out["ceiling"] = ceiling(service, items)
-        with local_ray() as dashboard:
-            out["continuous"] = run_engine("continuous", configs["continuous"], dashboard, folder, items, s, tokenizer)
-            continuous = configs["continuous"]
-            http = edge_url(continuous) or f"http://127.0.0.1:{continuous['http_options']['port']}"
-            out["continuous"]["efficiency"] = efficiency(service, http, items, s.efficiency_rounds)
-            out["continuous"]["hop"] = hop(service, s, http, calls_by_value(continuous))
-            out["continuous"]["paced_streams"] = paced_streams(continuous, dashboard, folder, http, s)
-            serve.delete(APP)
-            out["static"] = run_engine("static", configs["static"], dashboard, folder, items, s, tokenizer)
+        out["engine_paced"] = paced_in_process(service, s.streams, s.paced_tokens)  # what the host's engine keeps
+        if not direct_only:
+            with local_ray() as dashboard:
+                continuous = configs["continuous"]
+                out["continuous"] = run_engine("continuous", continuous, dashboard, folder, items, s, tokenizer)
+                http = edge_url(continuous) or f"http://127.0.0.1:{continuous['http_options']['port']}"
+                out["continuous"]["efficiency"] = efficiency(service, http, items, s.efficiency_rounds)
+                out["continuous"]["hop"] = hop(service, s, http, calls_by_value(continuous))
+                out["continuous"]["paced_streams"] = paced_streams(
+                    continuous, dashboard, folder, http, s.streams, s.paced_tokens
+                )
+                serve.delete(APP)
+                out["static"] = run_engine("static", configs["static"], dashboard, folder, items, s, tokenizer)
         with local_ray(env=DIRECT_INGRESS) as dashboard:
             out["direct_ingress"] = run_direct_ingress(configs["continuous"], dashboard, folder, items, s, service)
-        service.close()
+        service.engine.close(wait=True)  # a drain still running at exit aborts the interpreter (torch, Ray)
     out["ratios"] = llm_ratios(out)
     out["targets"] = llm_targets(out)
     return out
@@ -394,16 +375,28 @@ def main() -> None:
         action="store_true",
         help="the ingress calls the text service through the object store (Serve's default), not by value",
     )
+    parser.add_argument(
+        "--direct-ingress-only",
+        action="store_true",
+        help="the in-process ceiling and the edge onto the ingress replicas only (no proxy, no static engine)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     settings = LLMSettings.quick() if args.quick else LLMSettings()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run(args.profile, settings, by_value=not args.by_reference)
     name = f"llm-{args.profile}" + ("-by-reference" if args.by_reference else "")
+    name += "-direct-ingress" if args.direct_ingress_only else ""
+    result: dict[str, Any] = {}
+    try:
+        run(args.profile, settings, not args.by_reference, args.direct_ingress_only, out=result)
+    except BaseException:
+        (args.out / f"{name}.partial.json").write_text(json.dumps(result, indent=2))  # what was measured
+        raise
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)
     (args.out / f"{name}.md").write_text(table)
-    plot(result, args.out)
+    if "continuous" in result:  # the curves are the two engines' (not measured with --direct-ingress-only)
+        plot(result, args.out)
     print(table)
 
 
