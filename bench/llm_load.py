@@ -7,7 +7,7 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -34,6 +34,30 @@ class Sample:
     tpot: float | None = None  # time per output token after the first: the pace a client sees, however chunked
 
 
+@dataclass
+class Arrivals:
+    """When a stream's text came, message by message: one clock for the HTTP client here and for the engine-alone
+    reference (bench/llm_paced.py), so that both are timed alike."""
+
+    first: float | None = None
+    last: float | None = None
+    gaps: list[float] = field(default_factory=list)
+
+    def text(self) -> None:
+        """A message carrying text arrived now."""
+        now = time.perf_counter()
+        if self.last is not None:
+            self.gaps.append(now - self.last)
+        self.first = now if self.first is None else self.first
+        self.last = now
+
+    def sample(self, start: float, end: float, tokens: int, t0: float = 0.0) -> Sample:
+        """The stream's sample (times from ``t0``), once it ended with ``tokens`` output tokens."""
+        first, last = self.first, self.last
+        tpot = (last - first) / (tokens - 1) if first is not None and last is not None and tokens > 1 else None
+        return Sample(start - t0, (first or end) - start, end - t0, tokens, self.gaps, tpot)
+
+
 async def _one(client: httpx.AsyncClient, prompt: list[int], output: int, stream: bool, t0: float) -> Sample:
     start = time.perf_counter()
     if not stream:
@@ -41,7 +65,7 @@ async def _one(client: httpx.AsyncClient, prompt: list[int], output: int, stream
         response.raise_for_status()
         end = time.perf_counter()
         return Sample(start - t0, end - start, end - t0, response.json()["usage"]["completion_tokens"], [])
-    first, last, tokens, gaps = None, None, 0, []
+    arrivals, tokens = Arrivals(), 0
     async with client.stream("POST", "/v1/completions", json=body(prompt, output, True)) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -51,15 +75,8 @@ async def _one(client: httpx.AsyncClient, prompt: list[int], output: int, stream
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             elif chunk.get("choices") and chunk["choices"][0].get("text"):
-                now = time.perf_counter()
-                if first is None:
-                    first = now
-                else:
-                    gaps.append(now - last)
-                last = now
-    end = time.perf_counter()
-    tpot = (last - first) / (tokens - 1) if first is not None and last is not None and tokens > 1 else None
-    return Sample(start - t0, (first or end) - start, end - t0, tokens, gaps, tpot)
+                arrivals.text()
+    return arrivals.sample(start, time.perf_counter(), tokens, t0)
 
 
 async def drive(url: str, items: list[tuple[list[int], int]], rate: float | None, stream: bool) -> list[Sample]:

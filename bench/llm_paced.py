@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import deploy
-from bench.llm_load import Sample, measure, summarize
+from bench.llm_load import Arrivals, Sample, measure, summarize
 
 # A paced stream's time per token: a large model's step, whatever this machine's engine does. At 50 ms, the heavy
 # engine's 64 streams ask for 1,280 tokens/s: all it made at 64 rows in process on the fastest 2-core host seen
@@ -45,7 +45,7 @@ def paced_streams(
         text["user_config"].setdefault("faults", {})["stream_delay_s"] = pace
         deploy(paced, dashboard, folder, f"paced-{pace * 1000:.0f}")
         deadline = time.monotonic() + 120
-        while abs(measure(url, [([11, 12, 13, 14], 4)], None, True)["itl_p50_ms"] / (pace * 1000) - 1) > 0.2:
+        while abs(measure(url, [(prompts(1)[0], 4)], None, True)["itl_p50_ms"] / (pace * 1000) - 1) > 0.2:
             if time.monotonic() > deadline:
                 raise TimeoutError("the text replica did not take its stream pacing within 120 s")
             time.sleep(1)
@@ -63,23 +63,15 @@ def paced_in_process(service: Any, counts: tuple[int, ...], tokens: int) -> dict
 
     async def one(prompt: list[int], pace: float) -> Sample:
         request = TextRequest(prompt_token_ids=prompt, max_tokens=tokens, ignore_eos=True, temperature=0)
-        start = time.perf_counter()
-        first = last = None
-        gaps: list[float] = []
-        count = 0
+        start, arrivals, count = time.perf_counter(), Arrivals(), 0
         async for item in service.stream(service.prepare(request)):
             if isinstance(item, ChoiceDelta) and item.text:
-                now = time.perf_counter()
-                if last is not None:
-                    gaps.append(now - last)
-                first, last = first or now, now
+                arrivals.text()
             if isinstance(item, TextResult):
                 count = item.completion_tokens
             else:
                 await asyncio.sleep(pace)
-        end = time.perf_counter()
-        tpot = (last - first) / (count - 1) if first is not None and last is not None and count > 1 else None
-        return Sample(start, (first or end) - start, end, count, gaps, tpot)
+        return arrivals.sample(start, time.perf_counter(), count)
 
     async def streams(n: int, pace: float) -> list[Sample]:
         return list(await asyncio.gather(*(one(p, pace) for p in prompts(n))))

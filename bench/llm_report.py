@@ -83,8 +83,9 @@ def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
         value = r["ratios"][key]
         ok: bool | None = {"<=": value <= bound, ">=": value >= bound}[op]
         out[name] = {"value": round(value, 3), "bound": bound, "pass": ok}
-        engine = r["ratios"].get(f"engine_paced_itl_ratio_{key.rpartition('_')[2]}")
-        if key.rpartition("_")[0] in PACED_TARGETS and engine is not None and engine > bound:
+        prefix, _, ms = key.rpartition("_")
+        engine = r["ratios"].get(f"engine_paced_itl_ratio_{ms}") if prefix in PACED_TARGETS else None
+        if engine is not None and engine > bound:
             out[name].update(engine=round(engine, 3), engine_bound=True)
             out[name]["pass"] = None  # not readable on this host: the engine alone misses it
     return out
