@@ -109,7 +109,11 @@ class FaultInjection(StrictModel):
     error_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests that fail with InjectedFault.")
     delay_s: float = Field(0.0, ge=0.0, le=600.0, description="Added latency before every request.")
     stream_delay_s: float = Field(
-        0.0, ge=0.0, le=10.0, description="Added latency after each item of a streamed answer (a slower model)."
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="Added latency after each item of a streamed answer (a slower model); in the text service a "
+        "token's pace: the k-th no sooner than k times this after the first.",
     )
     fail_health_checks: bool = Field(False, description="Health checks fail, so Serve replaces the replica.")
     fail_after: int | None = Field(

@@ -59,6 +59,9 @@ class ModelReplica(Generic[ConfigT, ModelT]):
     config_cls: ClassVar[type[ServiceConfig]]
     # Config fields whose change needs new weights; anything else is applied in place.
     reload_fields: ClassVar[frozenset[str]] = frozenset({"model", "device", "dtype"})
+    # Whether the model applies ``faults.stream_delay_s`` itself (the text service: a token at a time, so that a
+    # stream behind its engine still sends what is ready in one message); else a pause after each streamed item.
+    paces_own_streams: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None, model: ModelT | None = None) -> None:
         self._model: ModelT | None = model
@@ -123,7 +126,7 @@ class ModelReplica(Generic[ConfigT, ModelT]):
         outcome = "error"
         try:
             await self.inject_faults()
-            pause = self.model.config.faults.stream_delay_s
+            pause = 0.0 if self.paces_own_streams else self.model.config.faults.stream_delay_s
             async for item in items():
                 if isinstance(item, final):
                     outcome = "ok"

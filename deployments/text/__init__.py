@@ -20,6 +20,7 @@ from deployments.text.schemas import (
     StreamStart,
     TextRequest,
     TextResult,
+    coalesce,
 )
 from deployments.text.service import TextService
 
@@ -38,4 +39,5 @@ __all__ = [
     "TextRequest",
     "TextResult",
     "TextService",
+    "coalesce",
 ]

@@ -22,6 +22,7 @@ class TextDeployment(ModelReplica[TextConfig, TextService]):
     service: ClassVar[str] = "text"
     config_cls = TextConfig
     reload_fields = frozenset({"model", "device", "dtype", "revision", "trust_remote_code"})
+    paces_own_streams = True
 
     def load_model(self, config: TextConfig) -> TextService:
         return TextService(config)

@@ -184,6 +184,43 @@ class ChoiceDelta(StrictModel):
     tool_call_arguments: str | None = Field(None, description="More of a named tool call's arguments.")
     tokens: int = Field(0, description="Tokens this delta covers (usage in every chunk, if asked).")
 
+    def then(self, later: ChoiceDelta) -> ChoiceDelta | None:
+        """This delta and the ``later`` one of the same choice as one (a stream's message may carry several
+        tokens: OpenAI's clients cannot tell), or None where they cannot be one (another choice, or this one
+        ended its choice)."""
+        if later.index != self.index or self.finish_reason is not None or self.tool_calls is not None:
+            return None
+        logprobs = None
+        if self.logprobs is not None or later.logprobs is not None:
+            logprobs = [*(self.logprobs or ()), *(later.logprobs or ())]
+        arguments = None
+        if self.tool_call_arguments is not None or later.tool_call_arguments is not None:
+            arguments = (self.tool_call_arguments or "") + (later.tool_call_arguments or "")
+        return ChoiceDelta(
+            index=self.index,
+            text=self.text + later.text,
+            logprobs=logprobs,
+            finish_reason=later.finish_reason,
+            tool_calls=later.tool_calls,
+            tool_call_arguments=arguments,
+            tokens=self.tokens + later.tokens,
+        )
+
+
+def coalesce(items: list[Any]) -> list[Any]:
+    """Consecutive deltas of one choice as one delta; everything else as it was, in order. A stream sends what is
+    ready in one message instead of one per token: the path pays its cost per message once per engine step at
+    most, and less when it is behind (ray.serve.llm batches its streams by time instead, which adds latency)."""
+    out: list[Any] = []
+    for item in items:
+        last = out[-1] if out else None
+        merged = last.then(item) if isinstance(last, ChoiceDelta) and isinstance(item, ChoiceDelta) else None
+        if merged is None:
+            out.append(item)
+        else:
+            out[-1] = merged
+    return out
+
 
 class Tokenized(StrictModel):
     tokens: list[int]

@@ -37,6 +37,7 @@ from deployments.text.schemas import (
     ToolCall,
     ToolCallFunction,
     TopLogprob,
+    coalesce,
 )
 from deployments.text.tokens import IncrementalDetokenizer, StopStrings, token_bytes, token_text
 
@@ -174,7 +175,8 @@ class TextService(RequestPreparation):
         return list(await asyncio.gather(*(self.generate(one) for one in prepared)))
 
     async def stream(self, prepared: Prepared) -> AsyncIterator[StreamStart | ChoiceDelta | TextResult]:
-        """A ``StreamStart``, then ``ChoiceDelta``s of every choice as they come, then the full ``TextResult``.
+        """A ``StreamStart``, then ``ChoiceDelta``s of every choice as they come (a choice's tokens that are ready
+        at once in one delta: a path behind the engine sends fewer, fuller messages), then the full ``TextResult``.
         Closing the stream cancels every choice in the engine."""
         if prepared.candidates > prepared.n:
             raise InvalidRequest.for_field("best_of", "cannot be larger than `n` when streaming")
@@ -201,10 +203,18 @@ class TextService(RequestPreparation):
         gathered = asyncio.gather(*tasks)
         gathered.add_done_callback(lambda f: queue.put_nowait(f.exception() if not f.cancelled() else None))
         try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            ended = False
+            while not ended:
+                ready = [await queue.get()]
+                while not queue.empty():  # what else is ready goes in the same message
+                    ready.append(queue.get_nowait())
+                for item in coalesce(ready):
+                    if item is None:
+                        ended = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
             outcomes = gathered.result()
             choices = [self._choice(prepared, i, o) for i, o in enumerate(outcomes)]
             yield TextResult(
@@ -234,6 +244,9 @@ class TextService(RequestPreparation):
         tokens: list[TokenChoice] = []
         finish: FinishReason = "length"
         stream = engine.stream(request_id)
+        # A slower model's clock (faults.stream_delay_s): the k-th token out no sooner than k paces after the first,
+        # as from an engine stepping on its own; a stream that fell behind catches up in fuller messages.
+        pace, paced_from, paced = self.config.faults.stream_delay_s, 0.0, 0
         started = time.perf_counter()
         first = True
         try:
@@ -260,6 +273,10 @@ class TextService(RequestPreparation):
                     else:
                         delta.text = piece
                     await on_delta(delta)
+                    if pace:
+                        paced_from, paced = paced_from or time.perf_counter(), paced + len(output.tokens)
+                        if (wait := paced_from + paced * pace - time.perf_counter()) > 0:
+                            await asyncio.sleep(wait)
                 if stops.stopped:
                     finish = "stop"
                     break

@@ -14,10 +14,11 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from itertools import groupby
 from typing import Any
 
 from deployments.errors import from_exception
-from deployments.text import ChoiceDelta, StreamStart, TextResult
+from deployments.text import ChoiceDelta, StreamStart, TextResult, coalesce
 from edge.openai.protocol import CompletionLogprobs, Usage, chat_logprob, tool_calls_out
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -27,8 +28,9 @@ def sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def merge(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
-    """Items of several streams as they come, tagged with the stream's position; closing stops them all."""
+async def merge(streams: list[AsyncIterator[Any]]) -> AsyncIterator[list[tuple[int, Any]]]:
+    """Items of several streams as they come, tagged with the stream's position, in batches of what is ready at
+    once (answered in one write; a stream's consecutive deltas of a choice as one); closing stops them all."""
     queue: asyncio.Queue[tuple[int, Any] | BaseException | None] = asyncio.Queue()
 
     async def pump(n: int, stream: AsyncIterator[Any]) -> None:
@@ -39,10 +41,18 @@ async def merge(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, A
     done = asyncio.gather(*tasks)
     done.add_done_callback(lambda f: queue.put_nowait(None if f.cancelled() or not f.exception() else f.exception()))
     try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        while True:
+            ready = [await queue.get()]
+            while not queue.empty():
+                ready.append(queue.get_nowait())
+            end = next((n for n, item in enumerate(ready) if not isinstance(item, tuple)), len(ready))
+            if end:
+                runs = groupby(ready[:end], key=lambda tagged: tagged[0])  # by stream: a delta's index is its own
+                yield [(p, one) for p, run in runs for one in coalesce([item for _, item in run])]
+            if end < len(ready):  # every stream ended (None), or one failed
+                if isinstance(failure := ready[end], BaseException):
+                    raise failure
+                return
     finally:
         for task in tasks:
             task.cancel()
@@ -159,12 +169,15 @@ async def text_events(
             for line in chunks.start(first, p * chunks.n):
                 yield line
         async with asyncio.timeout(timeout):
-            async for p, item in merge(streams):
-                if isinstance(item, ChoiceDelta):
-                    for line in chunks.delta(item, p * chunks.n):
-                        yield line
-                elif isinstance(item, TextResult):
-                    completion_tokens += item.completion_tokens
+            async for batch in merge(streams):
+                lines = []
+                for p, item in batch:
+                    if isinstance(item, ChoiceDelta):
+                        lines += chunks.delta(item, p * chunks.n)
+                    elif isinstance(item, TextResult):
+                        completion_tokens += item.completion_tokens
+                if lines:
+                    yield "".join(lines)
         if include_usage:
             yield chunks.usage(prompt_tokens, completion_tokens)
     except Exception as exc:  # the headers are sent: the error goes in the stream, as OpenAI does

@@ -168,6 +168,29 @@ def test_streaming_deltas_spell_the_result(service: TextService) -> None:
     assert deltas[-1].finish_reason == items[-1].finish_reason
 
 
+def test_a_stream_read_behind_the_engine_sends_what_is_ready_in_one_message(service: TextService) -> None:
+    """A consumer that reads on only once the engine has finished (a slow path) gets every token made meanwhile in
+    one delta, the choice's finish reason included: fewer, fuller messages, the same text and tokens."""
+    fields = {"prompt": "Harbour", "max_tokens": 12, "temperature": 0, "ignore_eos": True, "logprobs": 1}
+    expected = generate(service, **fields)
+
+    async def read_late() -> list:
+        items = service.stream(service.prepare(TextRequest(**fields)))
+        read = [await items.__anext__(), await items.__anext__()]  # the start, then the first delta
+        while service.engine.admission.running:  # the engine finishes while nobody reads
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the choice's last delta and the end are queued once its task returns
+        return read + [item async for item in items]
+
+    items = asyncio.run(read_late())
+    deltas = [i for i in items if isinstance(i, ChoiceDelta)]
+    assert isinstance(items[0], StreamStart) and isinstance(items[-1], TextResult) and len(deltas) <= 2
+    result = items[-1]
+    assert "".join(d.text for d in deltas) == result.text == expected.text
+    assert sum(d.tokens for d in deltas) == result.completion_tokens == 12 and deltas[-1].finish_reason == "length"
+    assert [e for d in deltas for e in d.logprobs] == result.choices[0].logprobs
+
+
 def test_stop_sequences_never_leak_into_the_stream(service: TextService) -> None:
     base = generate(service, prompt="Recipe", max_tokens=30, temperature=0)
     stop = base.text[8:11]
