@@ -35,9 +35,10 @@ def paced_streams(
 ) -> dict[str, Any]:
     """Inter-token latency of ``counts`` concurrent streams over HTTP (``url``), the text replica pacing every
     stream at each of ``PACES_S`` a token (its ``faults.stream_delay_s``): the engine's load per stream is the same
-    at any count, and what grows with the count is the serving path's (a message per token through the replica,
-    the ingress, Serve's proxy where there is one, and the edge). ``serve deploy`` reconfigures the text replica in
-    place, and back afterwards. By pace in ms: the streams' measurements and the most's ITL p50 over the fewest's."""
+    at any count, and what grows with the count is the serving path's (a message per engine step at most, through
+    the replica, the ingress, Serve's proxy where there is one, and the edge). ``serve deploy`` reconfigures the
+    text replica in place, and back afterwards. By pace in ms: the streams' measurements, and the most's time per
+    output token p50 over the fewest's."""
     by_pace = {}
     for pace in PACES_S:
         paced = copy.deepcopy(config)
@@ -50,18 +51,19 @@ def paced_streams(
                 raise TimeoutError("the text replica did not take its stream pacing within 120 s")
             time.sleep(1)
         by_streams = {str(n): measure(url, [(p, tokens) for p in prompts(n)], None, True) for n in counts}
-        by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "itl_ratio": _ratio(by_streams, counts)}
+        by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "tpot_ratio": _ratio(by_streams, counts)}
     deploy(config, dashboard, folder, "unpaced")
     return by_pace
 
 
 def paced_in_process(service: Any, counts: tuple[int, ...], tokens: int) -> dict[str, Any]:
     """The same streams against the engine alone (``service``, a ``TextService`` in this process), paced as the
-    replica paces them (a wait after every message but the last) and timed as the HTTP client times them (a gap
-    between messages that carry text): the host's own ITL at each count, which the HTTP figures are read against."""
+    replica paces them (its ``faults.stream_delay_s``: a token at a time) and timed as the HTTP client times them
+    (a gap between messages that carry text): the host's own time per token at each count, which the HTTP figures
+    are read against."""
     from deployments.text import ChoiceDelta, TextRequest, TextResult
 
-    async def one(prompt: list[int], pace: float) -> Sample:
+    async def one(prompt: list[int]) -> Sample:
         request = TextRequest(prompt_token_ids=prompt, max_tokens=tokens, ignore_eos=True, temperature=0)
         start, arrivals, count = time.perf_counter(), Arrivals(), 0
         async for item in service.stream(service.prepare(request)):
@@ -69,20 +71,24 @@ def paced_in_process(service: Any, counts: tuple[int, ...], tokens: int) -> dict
                 arrivals.text()
             if isinstance(item, TextResult):
                 count = item.completion_tokens
-            else:
-                await asyncio.sleep(pace)
         return arrivals.sample(start, time.perf_counter(), count)
 
-    async def streams(n: int, pace: float) -> list[Sample]:
-        return list(await asyncio.gather(*(one(p, pace) for p in prompts(n))))
+    async def streams(n: int) -> list[Sample]:
+        return list(await asyncio.gather(*(one(p) for p in prompts(n))))
 
+    faults = service.config.faults
     by_pace = {}
-    for pace in PACES_S:
-        by_streams = {str(n): summarize(asyncio.run(streams(n, pace))) for n in counts}
-        by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "itl_ratio": _ratio(by_streams, counts)}
+    try:
+        for pace in PACES_S:
+            service.config.faults = faults.model_copy(update={"stream_delay_s": pace})
+            by_streams = {str(n): summarize(asyncio.run(streams(n))) for n in counts}
+            by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "tpot_ratio": _ratio(by_streams, counts)}
+    finally:
+        service.config.faults = faults
     return by_pace
 
 
 def _ratio(by_streams: dict[str, dict[str, float]], counts: tuple[int, ...]) -> float:
-    """The most streams' ITL p50 over the fewest's."""
-    return by_streams[str(max(counts))]["itl_p50_ms"] / by_streams[str(min(counts))]["itl_p50_ms"]
+    """The most streams' time per output token p50 over the fewest's: the inter-token latency a client sees, where
+    a message may carry several tokens (the text service sends what is ready at once in one)."""
+    return by_streams[str(max(counts))]["tpot_p50_ms"] / by_streams[str(min(counts))]["tpot_p50_ms"]

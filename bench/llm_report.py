@@ -13,8 +13,8 @@ def llm_ratios(r: dict[str, Any]) -> dict[str, float]:
     ratios = {
         "direct_serving_efficiency": direct["efficiency"]["efficiency"],
         "direct_http_added_ms": direct["hop"]["http_added_ms"],
-        **{f"direct_paced_itl_ratio_{ms}": paced["itl_ratio"] for ms, paced in direct["paced_streams"].items()},
-        **{f"engine_paced_itl_ratio_{ms}": paced["itl_ratio"] for ms, paced in r.get("engine_paced", {}).items()},
+        **{f"direct_paced_tpot_ratio_{ms}": paced["tpot_ratio"] for ms, paced in direct["paced_streams"].items()},
+        **{f"engine_paced_tpot_ratio_{ms}": paced["tpot_ratio"] for ms, paced in r.get("engine_paced", {}).items()},
     }
     if "continuous" not in r:
         return ratios
@@ -32,7 +32,7 @@ def llm_ratios(r: dict[str, Any]) -> dict[str, float]:
         "ttft_share_128": cont["ttft_128"]["share"],
         "handle_added_ms": cont["hop"]["added_ms"],
         "http_added_ms": cont["hop"]["http_added_ms"],
-        **{f"paced_itl_ratio_{ms}": paced["itl_ratio"] for ms, paced in cont["paced_streams"].items()},
+        **{f"paced_tpot_ratio_{ms}": paced["tpot_ratio"] for ms, paced in cont["paced_streams"].items()},
         **ratios,
     }
 
@@ -64,8 +64,8 @@ LLM_TARGETS = {  # name: (ratio, comparison, bound)
     ),
 }
 PACED_TARGETS = {  # ratio key, before "_<pace in ms>": the path (one target per pace the run measured)
-    "paced_itl_ratio": "through Serve's proxy",
-    "direct_paced_itl_ratio": "the edge onto the ingress replicas (direct ingress)",
+    "paced_tpot_ratio": "through Serve's proxy",
+    "direct_paced_tpot_ratio": "the edge onto the ingress replicas (direct ingress)",
 }
 
 
@@ -74,7 +74,9 @@ def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for key in r["ratios"]:
         prefix, _, ms = key.rpartition("_")
         if prefix in PACED_TARGETS:
-            name = f"ITL p50 of the most streams paced at {ms} ms <= 1.1x the fewest's, {PACED_TARGETS[prefix]}"
+            name = (
+                f"time per token p50 of the most streams paced at {ms} ms <= 1.1x the fewest's, {PACED_TARGETS[prefix]}"
+            )
             targets[name] = (key, "<=", 1.1)
     out: dict[str, dict[str, Any]] = {}
     for name, (key, op, bound) in targets.items():
@@ -84,7 +86,7 @@ def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ok: bool | None = {"<=": value <= bound, ">=": value >= bound}[op]
         out[name] = {"value": round(value, 3), "bound": bound, "pass": ok}
         prefix, _, ms = key.rpartition("_")
-        engine = r["ratios"].get(f"engine_paced_itl_ratio_{ms}") if prefix in PACED_TARGETS else None
+        engine = r["ratios"].get(f"engine_paced_tpot_ratio_{ms}") if prefix in PACED_TARGETS else None
         if engine is not None and engine > bound:
             out[name].update(engine=round(engine, 3), engine_bound=True)
             out[name]["pass"] = None  # not readable on this host: the engine alone misses it
@@ -221,15 +223,16 @@ def direct_ingress_table(r: dict[str, Any]) -> list[str]:
     """The same engine through the edge onto Serve's proxy and onto the ingress replicas (direct ingress)."""
     lines = [
         "| path (continuous engine) | tokens/s at saturation | efficiency (rounds' spread) | "
-        "1-token HTTP / GET /ping / in process (ms) | added (ms) | ITL p50 by pace, by streams (ms) |",
+        "1-token HTTP / GET /ping / in process (ms) | added (ms) | "
+        "time per token p50 (chunks a token) by pace, by streams (ms) |",
         "|---|---|---|---|---|---|",
     ]
     paths = (("edge -> Serve's proxy", "continuous"), ("edge -> ingress replicas", "direct_ingress"))
     if "engine_paced" in r:  # the reference the paced streams are read against
         tps = r["ceiling"]["output_tokens_per_s"]
-        lines.append(f"| the engine alone, in process | {tps:.0f} | - | - | - | {_itl(r['engine_paced'])} |")
+        lines.append(f"| the engine alone, in process | {tps:.0f} | - | - | - | {_per_token(r['engine_paced'])} |")
     for label, run in ((label, r[key]) for label, key in paths if key in r):
-        hop, itl = run["hop"], _itl(run["paced_streams"])
+        hop, itl = run["hop"], _per_token(run["paced_streams"])
         eff = run["efficiency"]
         tps = median(eff["served"])  # the saturations the efficiency is measured on
         spread = f" ({min(eff['ratios']):.2f}-{max(eff['ratios']):.2f})" if len(eff["ratios"]) > 1 else ""
@@ -241,9 +244,10 @@ def direct_ingress_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _itl(paced: dict[str, Any]) -> str:
+def _per_token(paced: dict[str, Any]) -> str:
     return "; ".join(
-        f"{ms} ms: " + " / ".join(f"{n}: {m['itl_p50_ms']:.1f}" for n, m in p["by_streams"].items())
+        f"{ms} ms: "
+        + " / ".join(f"{n}: {m['tpot_p50_ms']:.1f} ({m['chunks_per_token']:.2f})" for n, m in p["by_streams"].items())
         for ms, p in paced.items()
     )
 
