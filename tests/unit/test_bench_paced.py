@@ -10,18 +10,11 @@ import pytest
 
 from bench.llm_paced import PACES_S, paced_in_process
 from bench.llm_report import llm_ratios, llm_targets, markdown
-from deployments.text import TextConfig, TextService
+from deployments.text import TextService
 
 
-@pytest.fixture(scope="module")
-def service(tiny_models) -> TextService:
-    svc = TextService(TextConfig(model=str(tiny_models / "text"), served_model_name="tiny", max_tokens_limit=200))
-    yield svc
-    svc.engine.close(wait=True)
-
-
-def test_the_engine_alone_is_paced_and_timed_like_the_replica(service: TextService) -> None:
-    result = paced_in_process(service, counts=(1, 3), tokens=4)
+def test_the_engine_alone_is_paced_and_timed_like_the_replica(text_service: TextService) -> None:
+    result = paced_in_process(text_service, counts=(1, 3), tokens=4)
     assert set(result) == {f"{pace * 1000:.0f}" for pace in PACES_S}
     for ms, paced in result.items():
         for count, measured in paced["by_streams"].items():
@@ -31,7 +24,7 @@ def test_the_engine_alone_is_paced_and_timed_like_the_replica(service: TextServi
             assert measured["tpot_p50_ms"] >= 0.9 * float(ms)
         low, high = (paced["by_streams"][c]["tpot_p50_ms"] for c in ("1", "3"))
         assert paced["tpot_ratio"] == pytest.approx(high / low)
-    assert service.config.faults.stream_delay_s == 0  # the pacing was the bench's, and is undone
+    assert text_service.config.faults.stream_delay_s == 0  # the pacing was the bench's, and is undone
 
 
 def streams(tpot_8: float, tpot_64: float) -> dict[str, Any]:

@@ -18,18 +18,11 @@ from deployments.text.sampling import RowState, TokenTables, sample_step
 from deployments.text.tokens import IncrementalDetokenizer, StopStrings
 
 
-@pytest.fixture(scope="module")
-def service(tiny_models) -> TextService:
-    svc = TextService(TextConfig(model=str(tiny_models / "text"), served_model_name="tiny", max_tokens_limit=250))
-    yield svc
-    svc.engine.close(wait=True)
-
-
-def test_a_request_admitted_while_a_long_one_runs_finishes_first(service: TextService) -> None:
+def test_a_request_admitted_while_a_long_one_runs_finishes_first(text_service: TextService) -> None:
     done: dict[str, float] = {}
 
     async def timed(name: str, request: TextRequest) -> None:
-        await service.generate(service.prepare(request))
+        await text_service.generate(text_service.prepare(request))
         done[name] = time.perf_counter()
 
     async def scenario() -> int:
@@ -37,12 +30,12 @@ def test_a_request_admitted_while_a_long_one_runs_finishes_first(service: TextSe
             timed("long", TextRequest(prompt="A long story", max_tokens=200, min_tokens=200, temperature=0))
         )
         deadline = time.monotonic() + 60
-        while service.engine.describe()["running"] == 0:  # the long one is in the batch
+        while text_service.engine.describe()["running"] == 0:  # the long one is in the batch
             assert time.monotonic() < deadline, "the long request never started"
             await asyncio.sleep(0.005)
-        steps = service.engine.describe()["steps"]
+        steps = text_service.engine.describe()["steps"]
         await timed("short", TextRequest(prompt="Hi", max_tokens=4, min_tokens=4, temperature=0))
-        short_steps = service.engine.describe()["steps"] - steps
+        short_steps = text_service.engine.describe()["steps"] - steps
         await long
         return short_steps
 
@@ -51,11 +44,11 @@ def test_a_request_admitted_while_a_long_one_runs_finishes_first(service: TextSe
     assert short_steps < 60  # it joined the running batch: a handful of steps, not the long one's 200
 
 
-def test_cancel_frees_the_slot_and_its_kv_blocks(service: TextService) -> None:
-    engine = service.engine
+def test_cancel_frees_the_slot_and_its_kv_blocks(text_service: TextService) -> None:
+    engine = text_service.engine
 
     async def scenario() -> None:
-        prepared = service.prepare(TextRequest(prompt="Go on", max_tokens=200, min_tokens=200, temperature=0))
+        prepared = text_service.prepare(TextRequest(prompt="Go on", max_tokens=200, min_tokens=200, temperature=0))
         await engine.submit(EngineRequest("cancel-me", prepared.prompt_ids, prepared.params[0]))
         stream = engine.stream("cancel-me")
         got = 0
@@ -75,8 +68,8 @@ def test_cancel_frees_the_slot_and_its_kv_blocks(service: TextService) -> None:
     asyncio.run(scenario())
 
 
-def test_limits_stops_and_sampling_hold_per_request_within_one_batch(service: TextService) -> None:
-    (the,) = service.tokenizer(" the", add_special_tokens=False)["input_ids"]
+def test_limits_stops_and_sampling_hold_per_request_within_one_batch(text_service: TextService) -> None:
+    (the,) = text_service.tokenizer(" the", add_special_tokens=False)["input_ids"]
     requests = [
         TextRequest(prompt="The lighthouse keeper", max_tokens=12, temperature=0),
         TextRequest(prompt="Rain", max_tokens=4, temperature=0, ignore_eos=True),
@@ -85,14 +78,16 @@ def test_limits_stops_and_sampling_hold_per_request_within_one_batch(service: Te
         TextRequest(prompt="Sampled", max_tokens=5, temperature=0.9, top_k=5),
         TextRequest(prompt="Biased", max_tokens=6, temperature=0, logit_bias={the: 100.0}),
     ]
-    solo = [asyncio.run(service.generate(service.prepare(r))) for r in requests]
+    solo = [asyncio.run(text_service.generate(text_service.prepare(r))) for r in requests]
 
     async def together() -> list:
-        return await asyncio.gather(*(service.generate(service.prepare(r)) for r in requests))
+        return await asyncio.gather(*(text_service.generate(text_service.prepare(r)) for r in requests))
 
-    steps = service.engine.describe()["steps"]
+    steps = text_service.engine.describe()["steps"]
     batched = asyncio.run(together())
-    assert service.engine.describe()["steps"] - steps < sum(r.completion_tokens for r in batched)  # they shared steps
+    assert text_service.engine.describe()["steps"] - steps < sum(
+        r.completion_tokens for r in batched
+    )  # they shared steps
     for result, request, alone in zip(batched, requests, solo, strict=True):
         assert result.completion_tokens <= request.max_tokens
         if request.temperature == 0 or request.seed is not None:
@@ -251,9 +246,9 @@ def test_closing_tokens_are_the_quotes_and_brackets_of_the_vocabulary() -> None:
     assert set(tables().closing_ids.tolist()) == {2, 3}  # '"' and '}', not letters, not end-of-text
 
 
-def test_the_detokenizer_holds_back_half_characters(service: TextService) -> None:
-    ids = service.tokenizer("café 🎉 naïve", add_special_tokens=False)["input_ids"]
-    detokenizer = IncrementalDetokenizer(service.tokenizer)
+def test_the_detokenizer_holds_back_half_characters(text_service: TextService) -> None:
+    ids = text_service.tokenizer("café 🎉 naïve", add_special_tokens=False)["input_ids"]
+    detokenizer = IncrementalDetokenizer(text_service.tokenizer)
     pieces = [detokenizer.push([i]) for i in ids]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) + detokenizer.flush() == "café 🎉 naïve"
