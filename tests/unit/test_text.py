@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from pydantic import ValidationError
@@ -169,9 +170,12 @@ def test_a_stream_read_behind_the_engine_sends_what_is_ready_in_one_message(text
     async def read_late() -> list:
         items = text_service.stream(text_service.prepare(TextRequest(**fields)))
         read = [await items.__anext__(), await items.__anext__()]  # the start, then the first delta
+        deadline = time.monotonic() + 120
         while text_service.engine.admission.running:  # the engine finishes while nobody reads
+            assert time.monotonic() < deadline, "the engine did not finish 12 tokens in 120 s"
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)  # the choice's last delta and the end are queued once its task returns
+        for _ in range(100):  # the choice's task queues its last delta and the end in a few turns of the loop
+            await asyncio.sleep(0)
         return read + [item async for item in items]
 
     items = asyncio.run(read_late())
