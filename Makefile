@@ -76,7 +76,7 @@ run: setup broker
 	RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=3 $(BIN)/serve run configs/local.yaml
 
 test: setup
-	$(BIN)/python -m pytest -m "not slow and not gpu and not bench" $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -m "not slow and not gpu and not bench" $(PYTEST_ARGS)
 
 # The benchmark harness end to end with tiny settings, so that it cannot rot (no timing asserted). Not part of
 # `make test`: it starts Ray instances of its own and takes minutes; CI (.ci/run) runs it after the suite.

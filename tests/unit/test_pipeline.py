@@ -24,7 +24,7 @@ from tests.fakes.handles import FakeHandle
 @pytest.fixture(scope="module")
 def replicas(tiny_models, tmp_path_factory):
     store = tmp_path_factory.mktemp("rec") / "rec.db"
-    return {
+    replicas = {
         "text": TextDeployment.func_or_class({"model": str(tiny_models / "text"), "default_max_tokens": 24}),
         "image": ImageDeployment.func_or_class(
             {"model": str(tiny_models / "image"), "default_steps": 2, "default_width": 64, "default_height": 64}
@@ -34,6 +34,10 @@ def replicas(tiny_models, tmp_path_factory):
             {"model": str(tiny_models / "recommend"), "store_url": f"sqlite:///{store}"}
         ),
     }
+    yield replicas
+    for replica in replicas.values():  # their background work ends with the module, not at interpreter exit
+        replica.model.close()
+    replicas["text"].model.engine.close(wait=True)  # the text engine's loop thread, once its drain is done
 
 
 def make_pipeline(replicas, tmp_path, faults: dict | None = None, **config) -> ContentPipeline:
