@@ -76,15 +76,16 @@ def paced_in_process(service: Any, counts: tuple[int, ...], tokens: int) -> dict
     async def streams(n: int) -> list[Sample]:
         return list(await asyncio.gather(*(one(p) for p in prompts(n))))
 
-    faults = service.config.faults
+    config = service.config
     by_pace = {}
     try:
-        for pace in PACES_S:
-            service.config.faults = faults.model_copy(update={"stream_delay_s": pace})
+        for pace in PACES_S:  # applied as the replica applies a new user_config in place
+            faults = config.faults.model_copy(update={"stream_delay_s": pace})
+            service.apply_config(config.model_copy(update={"faults": faults}))
             by_streams = {str(n): summarize(asyncio.run(streams(n))) for n in counts}
             by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "tpot_ratio": _ratio(by_streams, counts)}
     finally:
-        service.config.faults = faults
+        service.apply_config(config)
     return by_pace
 
 
