@@ -1,6 +1,6 @@
 """Requests and results of the text service (what the ingress and the pipeline send it and get back).
 
-These are the service's own, strict shapes; the OpenAI request models (edge/openai/protocol.py) accept the
+These are the service's own, strict shapes; the OpenAI request models (edge/openai/chat.py, completions.py) accept the
 whole OpenAI surface and convert themselves into a ``TextRequest`` at the boundary.
 """
 

@@ -1,7 +1,9 @@
-"""OpenAI-compatible request and response shapes, and their conversion to the services' own requests.
+"""The OpenAI wire format's shared pieces: the strict base model, the sampling fields that completions and chat
+share, the output constraints (``response_format``, vLLM's structured outputs), usage, errors and the model list.
 
-Kept apart from the routes (as vLLM keeps ``entrypoints/openai/protocol.py``); one module past 400 lines because it
-is one idea, the API's wire format, whose families share their sampling fields, messages and error shape.
+Each API family keeps its own shapes beside this one (as vLLM keeps a protocol module per entrypoint):
+``completions``, ``chat``, ``tokens``, ``media`` (images and speech), ``responses`` and ``embeddings``; the
+handlers are the ``serving_*`` modules.
 
 The request models are strict about types and bounds (a string where a number belongs, a negative ``max_tokens``:
 422 naming the field) and tolerant of the OpenAI request shape: every standard field is declared, so a client
@@ -14,31 +16,14 @@ converts itself into the service request at the boundary (``to_service``).
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from deployments.common import SEED_MAX, JsonTyped
 from deployments.errors import InvalidRequest
-from deployments.image import MAX_PROMPT_CHARS as MAX_IMAGE_PROMPT_CHARS
-from deployments.image import ImageRequest, ImageResult
-from deployments.text import MAX_PROMPT_CHARS, MAX_TOKENS_BOUND, TextRequest, TextResult
-from deployments.text.schemas import (
-    FUNCTION_NAME,
-    MAX_GRAMMAR_CHARS,
-    MAX_LOGIT_BIAS,
-    MAX_STOPS,
-    ChatMessage,
-    Choice,
-    FunctionSpec,
-    ResponseFormat,
-    TokenLogprob,
-    ToolCall,
-    ToolCallFunction,
-)
-from deployments.voice import MAX_INPUT_CHARS, AudioFormat, VoiceRequest
+from deployments.text import MAX_PROMPT_CHARS, MAX_TOKENS_BOUND
+from deployments.text.schemas import FUNCTION_NAME, MAX_GRAMMAR_CHARS, MAX_LOGIT_BIAS, MAX_STOPS, ResponseFormat
 
 # Standard OpenAI request fields that change nothing here: accepted, ignored, and listed in the README.
 IGNORED_FIELDS = (
@@ -121,7 +106,48 @@ def _schema(value: dict[str, Any] | str, field: str) -> dict[str, Any]:
     return parsed
 
 
-class _SamplingFields(OpenAIModel):
+class JsonSchemaSpec(OpenAIModel):
+    name: str = Field(max_length=64, pattern=FUNCTION_NAME)
+    description: str | None = Field(None, max_length=4000)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TextFormat(OpenAIModel):
+    type: Literal["text"]
+
+    def to_service(self) -> ResponseFormat:
+        return ResponseFormat(type="text")
+
+
+class JsonObjectFormat(OpenAIModel):
+    type: Literal["json_object"]
+    schema_: dict[str, Any] | None = Field(
+        None, alias="schema", description="A JSON schema the object must validate against (a common extension)."
+    )
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_service(self) -> ResponseFormat:
+        if self.schema_ is not None:
+            return ResponseFormat(type="json_schema", json_schema=self.schema_)
+        return ResponseFormat(type="json_object")
+
+
+class JsonSchemaFormat(OpenAIModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+    def to_service(self) -> ResponseFormat:
+        return ResponseFormat(type="json_schema", json_schema=self.json_schema.schema_ or {})
+
+
+ResponseFormatIn = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
+class SamplingFields(OpenAIModel):
     """Fields completions and chat completions share (OpenAI's, plus vLLM's sampling and structured-output
     extensions)."""
 
@@ -230,271 +256,6 @@ class _SamplingFields(OpenAIModel):
         return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
 
-# --- completions ----------------------------------------------------------------------------------------
-PromptText = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK)]
-PromptTokens = Annotated[list[Annotated[int, Field(ge=0, le=10_000_000)]], Field(min_length=1, max_length=32_000)]
-
-
-class CompletionRequest(_SamplingFields):
-    prompt: (
-        PromptText
-        | Annotated[list[PromptText], Field(min_length=1, max_length=64)]
-        | PromptTokens
-        | Annotated[list[PromptTokens], Field(min_length=1, max_length=64)]
-    ) = Field(description="A prompt, a list of prompts, token ids, or a list of token-id lists.")
-    best_of: int | None = Field(
-        None, ge=1, le=MAX_CHOICES, description="Candidates per prompt; the n likeliest return (below n: n)."
-    )
-    echo: bool | None = Field(None, description="Return the prompt before the completion.")
-    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Alternatives per token.")
-    suffix: str | None = Field(None, max_length=0, description="Fill-in-the-middle is not supported: empty only.")
-
-    def prompts(self) -> list[str | list[int]]:
-        prompt = self.prompt
-        if isinstance(prompt, str):
-            return [prompt]
-        if prompt and isinstance(prompt[0], int):
-            return [list(prompt)]  # type: ignore[arg-type]
-        return list(prompt)  # type: ignore[arg-type]
-
-    def to_service(self) -> list[TextRequest]:
-        """One service request per prompt (choices are numbered across them, as OpenAI does)."""
-        sampling = self.sampling()
-        best_of = max(self.best_of, sampling["n"]) if self.best_of is not None else None  # fewer than n: n
-        extra = {"best_of": best_of, "echo": bool(self.echo), "logprobs": self.logprobs}
-        structure = self.structure()
-        out = []
-        for prompt in self.prompts():
-            source = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": prompt}
-            out.append(TextRequest(**source, **sampling, **extra, response_format=structure))
-        return out
-
-
-# --- chat -----------------------------------------------------------------------------------------------
-class TextPart(OpenAIModel):
-    type: Literal["text"]
-    text: str = Field(max_length=MAX_PROMPT_CHARS)
-
-
-class RefusalPart(OpenAIModel):
-    type: Literal["refusal"]
-    refusal: str = Field(max_length=MAX_PROMPT_CHARS)
-
-
-class ImagePart(OpenAIModel):
-    type: Literal["image_url"]
-    image_url: dict[str, Any]
-
-
-class AudioPart(OpenAIModel):
-    type: Literal["input_audio"]
-    input_audio: dict[str, Any]
-
-
-class FilePart(OpenAIModel):
-    type: Literal["file"]
-    file: dict[str, Any]
-
-
-UserPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
-AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
-TextContent = str | Annotated[list[TextPart], Field(max_length=256)]
-
-
-class FunctionCallIn(OpenAIModel):
-    name: str = Field(max_length=64)
-    arguments: str = Field(max_length=MAX_PROMPT_CHARS)
-
-
-class ToolCallIn(OpenAIModel):
-    id: str = Field(max_length=128)
-    type: Literal["function"] = "function"
-    function: FunctionCallIn
-
-
-class _Message(OpenAIModel):
-    name: str | None = Field(None, max_length=64)
-
-    def text(self) -> str:
-        content = getattr(self, "content", None)
-        if isinstance(content, list):
-            return "".join(getattr(p, "text", None) or getattr(p, "refusal", None) or "" for p in content)
-        return content or ""
-
-    def to_service(self, index: int = 0) -> ChatMessage:
-        return ChatMessage(role=self.service_role, content=self.text(), name=self.name)  # type: ignore[arg-type]
-
-    service_role: ClassVar[str] = "user"
-
-
-class SystemMessage(_Message):
-    role: Literal["system"]
-    content: TextContent
-    service_role: ClassVar[str] = "system"
-
-
-class DeveloperMessage(_Message):
-    role: Literal["developer"]
-    content: TextContent
-    service_role: ClassVar[str] = "system"
-
-
-class UserMessage(_Message):
-    role: Literal["user"]
-    content: str | Annotated[list[UserPart], Field(max_length=256)]
-
-    def to_service(self, index: int = 0) -> ChatMessage:
-        if isinstance(self.content, list) and any(not isinstance(p, TextPart) for p in self.content):
-            kinds = sorted({p.type for p in self.content if not isinstance(p, TextPart)})
-            raise InvalidRequest.for_field(
-                f"messages.{index}.content", f"this model reads text only, not {', '.join(kinds)}"
-            )
-        return super().to_service(index)
-
-
-class AssistantMessageIn(_Message):
-    role: Literal["assistant"]
-    content: str | Annotated[list[AssistantPart], Field(max_length=256)] | None = None
-    tool_calls: list[ToolCallIn] | None = Field(None, max_length=64)
-    refusal: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
-    function_call: FunctionCallIn | None = Field(None, description="Deprecated form of `tool_calls`.")
-    audio: dict[str, Any] | None = Field(None, description="Accepted and ignored (an earlier audio answer).")
-
-    def to_service(self, index: int = 0) -> ChatMessage:
-        calls = [ToolCall(id=c.id, function=ToolCallFunction(**c.function.model_dump())) for c in self.tool_calls or []]
-        if self.function_call is not None:
-            calls.append(ToolCall(id="call_0", function=ToolCallFunction(**self.function_call.model_dump())))
-        return ChatMessage(role="assistant", content=self.text(), name=self.name, tool_calls=calls or None)
-
-
-class ToolMessage(_Message):
-    role: Literal["tool"]
-    content: TextContent
-    tool_call_id: str = Field(min_length=1, max_length=128)
-
-    def to_service(self, index: int = 0) -> ChatMessage:
-        return ChatMessage(role="tool", content=self.text(), tool_call_id=self.tool_call_id)
-
-
-class FunctionMessage(_Message):
-    role: Literal["function"]
-    content: str | None = None
-    name: str = Field(max_length=64)  # type: ignore[assignment]
-
-    def to_service(self, index: int = 0) -> ChatMessage:
-        return ChatMessage(role="tool", content=self.text(), tool_call_id=self.name)
-
-
-ChatMessageIn = Annotated[
-    SystemMessage | DeveloperMessage | UserMessage | AssistantMessageIn | ToolMessage | FunctionMessage,
-    Field(discriminator="role"),
-]
-
-
-class JsonSchemaSpec(OpenAIModel):
-    name: str = Field(max_length=64, pattern=FUNCTION_NAME)
-    description: str | None = Field(None, max_length=4000)
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class TextFormat(OpenAIModel):
-    type: Literal["text"]
-
-    def to_service(self) -> ResponseFormat:
-        return ResponseFormat(type="text")
-
-
-class JsonObjectFormat(OpenAIModel):
-    type: Literal["json_object"]
-    schema_: dict[str, Any] | None = Field(
-        None, alias="schema", description="A JSON schema the object must validate against (a common extension)."
-    )
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    def to_service(self) -> ResponseFormat:
-        if self.schema_ is not None:
-            return ResponseFormat(type="json_schema", json_schema=self.schema_)
-        return ResponseFormat(type="json_object")
-
-
-class JsonSchemaFormat(OpenAIModel):
-    type: Literal["json_schema"]
-    json_schema: JsonSchemaSpec
-
-    def to_service(self) -> ResponseFormat:
-        return ResponseFormat(type="json_schema", json_schema=self.json_schema.schema_ or {})
-
-
-ResponseFormatIn = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
-
-
-class FunctionIn(OpenAIModel):
-    name: str = Field(pattern=FUNCTION_NAME)
-    description: str | None = Field(None, max_length=4000)
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class ToolIn(OpenAIModel):
-    type: Literal["function"]
-    function: FunctionIn
-
-
-class NamedFunction(OpenAIModel):
-    name: str = Field(pattern=FUNCTION_NAME)
-
-
-class ToolChoiceIn(OpenAIModel):
-    type: Literal["function"]
-    function: NamedFunction
-
-
-class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessageIn] = Field(min_length=1, max_length=256)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_BOUND, description="Alias of max_tokens.")
-    logprobs: bool | None = Field(None, description="Log probabilities of the output tokens.")
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Alternatives per token.")
-    response_format: ResponseFormatIn | None = Field(None, description="`json_object` or `json_schema` output.")
-    tools: list[ToolIn] | None = Field(None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | ToolChoiceIn | None = None
-    parallel_tool_calls: bool | None = Field(None, description="Accepted and ignored (one call per choice).")
-    functions: list[FunctionIn] | None = Field(None, max_length=128, description="Deprecated form of `tools`.")
-    function_call: Literal["none", "auto"] | NamedFunction | None = Field(None, description="Deprecated.")
-    modalities: list[Literal["text"]] | None = Field(None, description="Text only.")
-    prediction: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
-    reasoning_effort: str | None = Field(None, max_length=32, description="Accepted and ignored.")
-    verbosity: str | None = Field(None, max_length=32, description="Accepted and ignored.")
-    prompt_cache_key: str | None = Field(None, max_length=256, description="Accepted and ignored.")
-    safety_identifier: str | None = Field(None, max_length=256, description="Accepted and ignored.")
-
-    def to_service(self) -> TextRequest:
-        sampling = self.sampling()
-        sampling["max_tokens"] = self.max_completion_tokens or self.max_tokens
-        tools = [FunctionSpec(**t.function.model_dump(exclude={"strict"})) for t in self.tools or []]
-        tools += [FunctionSpec(**f.model_dump(exclude={"strict"})) for f in self.functions or []]
-        choice: str | None = None
-        picked = self.tool_choice if self.tool_choice is not None else self.function_call
-        if isinstance(picked, ToolChoiceIn):
-            choice = picked.function.name
-        elif isinstance(picked, NamedFunction):
-            choice = picked.name
-        elif picked is not None:
-            choice = picked
-        return TextRequest(
-            messages=[m.to_service(n) for n, m in enumerate(self.messages)],
-            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-            response_format=self.structure(self.response_format),
-            tools=tools or None,
-            tool_choice=choice,
-            **sampling,
-        )
-
-
-# --- responses ------------------------------------------------------------------------------------------
 class Usage(OpenAIModel):
     prompt_tokens: int
     completion_tokens: int
@@ -509,257 +270,6 @@ class Usage(OpenAIModel):
         )
 
 
-class CompletionLogprobs(OpenAIModel):
-    tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float] | None]
-    text_offset: list[int]
-
-    @classmethod
-    def of(cls, entries: list[TokenLogprob], start: int = 0) -> CompletionLogprobs:
-        out = cls(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
-        offset = start
-        for entry in entries:
-            out.tokens.append(entry.token)
-            out.token_logprobs.append(entry.logprob)
-            out.top_logprobs.append({t.token: t.logprob for t in entry.top} if entry.logprob is not None else None)
-            out.text_offset.append(offset)
-            offset += len(entry.token)
-        return out
-
-
-class CompletionChoice(OpenAIModel):
-    index: int
-    text: str
-    finish_reason: Literal["stop", "length"] | None
-    logprobs: CompletionLogprobs | None = None
-
-
-class CompletionResponse(OpenAIModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-    system_fingerprint: str | None = None
-    variant: str | None = Field(None, description="Experiment variant that answered (also `X-Model-Variant`).")
-
-    @classmethod
-    def of(cls, results: list[TextResult], n: int) -> CompletionResponse:
-        """One response for every prompt's result; choice ``index`` counts across prompts (prompt * n + k)."""
-        choices: list[CompletionChoice] = []
-        for p, result in enumerate(results):
-            for choice in result.choices:
-                choices.append(completion_choice(result, choice, p * n + choice.index))
-        return cls(
-            id=f"cmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=results[0].model,
-            choices=choices,
-            usage=Usage.of(sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results)),
-        )
-
-
-def completion_choice(result: TextResult, choice: Choice, index: int) -> CompletionChoice:
-    prefix = result.prompt_text or ""
-    logprobs = None
-    if choice.logprobs is not None:
-        entries: list[TokenLogprob] = [*(result.prompt_logprobs or []), *choice.logprobs]
-        logprobs = CompletionLogprobs.of(entries)
-    finish = "stop" if choice.finish_reason == "tool_calls" else choice.finish_reason
-    return CompletionChoice(index=index, text=prefix + choice.text, finish_reason=finish, logprobs=logprobs)
-
-
-class TopLogprobOut(OpenAIModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class ChatLogprobToken(TopLogprobOut):
-    top_logprobs: list[TopLogprobOut]
-
-
-class ChatChoiceLogprobs(OpenAIModel):
-    content: list[ChatLogprobToken] | None
-    refusal: list[ChatLogprobToken] | None = None
-
-    @classmethod
-    def of(cls, entries: list[TokenLogprob]) -> ChatChoiceLogprobs:
-        return cls(content=[chat_logprob(e) for e in entries])
-
-
-def chat_logprob(entry: TokenLogprob) -> ChatLogprobToken:
-    return ChatLogprobToken(
-        token=entry.token,
-        logprob=entry.logprob,
-        bytes=entry.bytes,
-        top_logprobs=[TopLogprobOut(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in entry.top],
-    )
-
-
-class FunctionCallOut(OpenAIModel):
-    name: str
-    arguments: str
-
-
-class ToolCallOut(OpenAIModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCallOut
-
-
-class AssistantMessage(OpenAIModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None
-    tool_calls: list[ToolCallOut] | None = None
-    refusal: str | None = None
-
-
-class ChatChoice(OpenAIModel):
-    index: int
-    message: AssistantMessage
-    finish_reason: Literal["stop", "length", "tool_calls"] | None
-    logprobs: ChatChoiceLogprobs | None = None
-
-
-class ChatCompletionResponse(OpenAIModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-    system_fingerprint: str | None = None
-    variant: str | None = Field(None, description="Experiment variant that answered (also `X-Model-Variant`).")
-
-    @classmethod
-    def of(cls, result: TextResult) -> ChatCompletionResponse:
-        return cls(
-            id=f"chatcmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=result.model,
-            choices=[chat_choice(c) for c in result.choices],
-            usage=Usage.of(result.prompt_tokens, result.completion_tokens),
-        )
-
-
-def tool_calls_out(calls: list[ToolCall] | None) -> list[ToolCallOut] | None:
-    if not calls:
-        return None
-    return [ToolCallOut(id=c.id, function=FunctionCallOut(**c.function.model_dump())) for c in calls]
-
-
-def chat_choice(choice: Choice) -> ChatChoice:
-    calls = tool_calls_out(choice.tool_calls)
-    message = AssistantMessage(content=choice.text if (choice.text or not calls) else None, tool_calls=calls)
-    logprobs = ChatChoiceLogprobs.of(choice.logprobs) if choice.logprobs is not None else None
-    return ChatChoice(index=choice.index, message=message, finish_reason=choice.finish_reason, logprobs=logprobs)
-
-
-# --- images ---------------------------------------------------------------------------------------------
-_SIDES = "|".join(str(n) for n in range(2048, 7, -8))  # the multiples of 8 up to the largest side
-SIZE_PATTERN = f"^({_SIDES})x({_SIDES})$"
-
-
-class ImageGenerationRequest(OpenAIModel):
-    prompt: str = Field(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS, pattern=NOT_BLANK)
-    model: str | None = Field(None, max_length=256)
-    n: int | None = Field(None, ge=1, le=8, description="Images (the config may allow fewer).")
-    size: str | None = Field(
-        None,
-        pattern=SIZE_PATTERN,
-        description="`WIDTHxHEIGHT`, each a multiple of 8 up to 2048 (the config may allow less); default from config.",
-    )
-    response_format: Literal["b64_json"] | None = Field(None, description="Images come back base64-encoded.")
-    quality: str | None = Field(None, max_length=32, description="Accepted and ignored.")
-    style: str | None = Field(None, max_length=32, description="Accepted and ignored.")
-    background: str | None = Field(None, max_length=32, description="Accepted and ignored.")
-    moderation: str | None = Field(None, max_length=32, description="Accepted and ignored.")
-    output_format: Literal["png"] | None = Field(None, description="PNG only.")
-    output_compression: int | None = Field(None, ge=0, le=100, description="Accepted and ignored.")
-    user: str | None = Field(None, max_length=256)
-    negative_prompt: str | None = Field(None, max_length=MAX_IMAGE_PROMPT_CHARS, description="Extension.")
-    steps: int | None = Field(
-        None, ge=1, le=150, description="Denoising steps (extension; the config may allow fewer)."
-    )
-    guidance_scale: float | None = Field(None, ge=0.0, le=30.0, description="Guidance (extension).")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-
-    def to_service(self) -> ImageRequest:
-        width = height = None
-        if self.size:
-            width, height = (int(s) for s in self.size.split("x"))
-        return ImageRequest(
-            model=self.model,
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            width=width,
-            height=height,
-            seed=self.seed,
-            n=self.n or 1,
-        )
-
-
-class ImageData(OpenAIModel):
-    b64_json: str
-    revised_prompt: str | None = None
-
-
-class ImageGenerationResponse(OpenAIModel):
-    created: int
-    data: list[ImageData]
-    model: str
-    seed: int
-    size: str
-    variant: str | None = Field(None, description="Experiment variant that answered (also `X-Model-Variant`).")
-
-    @classmethod
-    def of(cls, result: ImageResult) -> ImageGenerationResponse:
-        import base64
-
-        return cls(
-            created=int(time.time()),
-            data=[ImageData(b64_json=base64.b64encode(png).decode()) for png in result.images],
-            model=result.model,
-            seed=result.seed,
-            size=f"{result.width}x{result.height}",
-        )
-
-
-# --- speech ---------------------------------------------------------------------------------------------
-class SpeechRequest(OpenAIModel):
-    model: str | None = Field(None, max_length=256)
-    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, pattern=NOT_BLANK)
-    voice: str | None = Field(None, max_length=128, description="A speaker of the model, or an alias.")
-    language: str | None = Field(None, max_length=32, description="For multilingual models (extension).")
-    response_format: AudioFormat | None = Field(None, description="wav (default here), flac, or raw 16-bit pcm.")
-    speed: float | None = Field(None, ge=1.0, le=1.0, description="Only 1.0 is supported.")
-    instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored.")
-    stream_format: Literal["audio", "sse"] | None = Field(
-        None,
-        description="Left out: the whole file in one response. `audio`: the audio as it is made, sentence by "
-        "sentence (pcm and wav; flac comes whole: its pieces do not join). `sse`: `speech.audio.delta` events "
-        "with base64 audio, then `speech.audio.done` (pcm and wav).",
-    )
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    user: str | None = Field(None, max_length=256, description="End-user id: sticky experiment assignment.")
-
-    def to_service(self) -> VoiceRequest:
-        return VoiceRequest(
-            model=self.model,
-            input=self.input,
-            voice=self.voice,
-            language=self.language,
-            response_format=self.response_format or "wav",
-            seed=self.seed,
-        )
-
-
-# --- models, tokens, errors -----------------------------------------------------------------------------
 class ModelCard(OpenAIModel):
     id: str
     object: Literal["model"] = "model"
@@ -771,50 +281,6 @@ class ModelCard(OpenAIModel):
 class ModelList(OpenAIModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class TokenizePromptRequest(OpenAIModel):
-    """vLLM's ``/tokenize`` for a prompt."""
-
-    model: str | None = Field(None, max_length=256)
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    add_special_tokens: bool = True
-    return_token_strs: bool = False
-
-    def to_service(self) -> TextRequest:
-        return TextRequest(model=self.model, prompt=self.prompt or " ")
-
-
-class TokenizeChatRequest(OpenAIModel):
-    """vLLM's ``/tokenize`` for chat messages, through the model's chat template."""
-
-    model: str | None = Field(None, max_length=256)
-    messages: list[ChatMessageIn] = Field(min_length=1, max_length=256)
-    add_generation_prompt: bool | None = Field(None, description="Accepted; chats always get one.")
-    add_special_tokens: bool = False
-    return_token_strs: bool = False
-
-    def to_service(self) -> TextRequest:
-        return TextRequest(model=self.model, messages=[m.to_service(n) for n, m in enumerate(self.messages)])
-
-
-TokenizeRequest = TokenizePromptRequest | TokenizeChatRequest
-
-
-class TokenizeResponse(OpenAIModel):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-    token_strs: list[str] | None = None
-
-
-class DetokenizeRequest(OpenAIModel):
-    model: str | None = Field(None, max_length=256)
-    tokens: list[Annotated[int, Field(ge=0, le=10_000_000)]] = Field(max_length=32_000)
-
-
-class DetokenizeResponse(OpenAIModel):
-    prompt: str
 
 
 class ErrorDetail(OpenAIModel):

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from edge.dependencies import CallerDep, IngressDep, UserHeader, error_responses
-from edge.openai.protocol import ChatCompletionRequest, ChatCompletionResponse
+from edge.openai.chat import ChatCompletionRequest, ChatCompletionResponse
 from edge.openai.serving_completions import STREAM, stream_text
 
 router = APIRouter(tags=["OpenAI"])

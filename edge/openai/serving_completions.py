@@ -14,7 +14,7 @@ from deployments.text import TextRequest
 from edge.access import Principal
 from edge.dependencies import CallerDep, IngressDep, UserHeader, error_responses
 from edge.ingress import Ingress
-from edge.openai.protocol import CompletionRequest, CompletionResponse
+from edge.openai.completions import CompletionRequest, CompletionResponse
 from edge.openai.streaming import SSE_HEADERS, TextChunks, text_events
 
 router = APIRouter(tags=["OpenAI"])

@@ -15,7 +15,7 @@ from deployments.voice import MEDIA_TYPES
 from edge.access import Principal
 from edge.dependencies import CallerDep, IngressDep, UserHeader, error_responses
 from edge.ingress import Ingress
-from edge.openai.protocol import ImageGenerationRequest, ImageGenerationResponse, SpeechRequest
+from edge.openai.media import ImageGenerationRequest, ImageGenerationResponse, SpeechRequest
 from edge.openai.streaming import SSE_HEADERS
 
 router = APIRouter(tags=["OpenAI"])

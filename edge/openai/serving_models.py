@@ -8,14 +8,8 @@ from fastapi import APIRouter, Path
 
 from deployments.errors import NotFound
 from edge.dependencies import IngressDep, error_responses
-from edge.openai.protocol import (
-    DetokenizeRequest,
-    DetokenizeResponse,
-    ModelCard,
-    ModelList,
-    TokenizeRequest,
-    TokenizeResponse,
-)
+from edge.openai.protocol import ModelCard, ModelList
+from edge.openai.tokens import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 router = APIRouter(tags=["OpenAI"])
 

@@ -19,7 +19,9 @@ from typing import Any
 
 from deployments.errors import from_exception
 from deployments.text import ChoiceDelta, StreamStart, TextResult, coalesce
-from edge.openai.protocol import CompletionLogprobs, Usage, chat_logprob, tool_calls_out
+from edge.openai.chat import chat_logprob, tool_calls_out
+from edge.openai.completions import CompletionLogprobs
+from edge.openai.protocol import Usage
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

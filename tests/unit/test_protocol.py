@@ -10,15 +10,10 @@ from pydantic import ValidationError
 from deployments.text import Choice, TextResult
 from deployments.text.schemas import TokenLogprob, TopLogprob
 from edge.app import validation_error_response
-from edge.openai.protocol import (
-    IGNORED_FIELDS,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionRequest,
-    CompletionResponse,
-    ImageGenerationRequest,
-    SpeechRequest,
-)
+from edge.openai.chat import ChatCompletionRequest, ChatCompletionResponse
+from edge.openai.completions import CompletionRequest, CompletionResponse
+from edge.openai.media import ImageGenerationRequest, SpeechRequest
+from edge.openai.protocol import IGNORED_FIELDS
 
 
 def test_completion_converts_prompt_and_the_sampling_surface() -> None:
