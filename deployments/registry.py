@@ -21,9 +21,9 @@ class ServiceSpec:
     variants: bool  # can run A/B variants (extra deployments of the same code with another model)
     calls: tuple[str, ...] = ()  # services it may call (their handles are bound to it when deployed)
     # Calls travel by value over the replica's own gRPC server instead of as Ray actor tasks through the object
-    # store: one message per streamed item, no object per token (docs/edge.md measures both). For services whose
-    # requests and answers are small (text: prompts, tokens); media stays on the object store, since a gRPC
-    # message is capped at 4 MB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
+    # store: one message per streamed item, no object per token (docs/edge-measurements.md measures both). For
+    # services whose requests and answers are small (text: prompts, tokens); media stays on the object store,
+    # since a gRPC message is capped at 4 MB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
     by_value: bool = False
 
     def deployment_class(self) -> Any:

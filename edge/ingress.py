@@ -74,7 +74,7 @@ class IngressConfig(StrictModel):
         True,
         description="Calls to the services that take them by value (`text`: prompts and token streams) go over "
         "their replicas' gRPC servers with results by value; false: as Ray actor tasks through the object store, "
-        "Serve's default (docs/edge.md measures both).",
+        "Serve's default (docs/edge-measurements.md measures both).",
     )
     access: AccessConfig = Field(default_factory=AccessConfig, description="API keys, CORS, body size limit.")
     experiments: dict[str, ExperimentConfig] = Field(
