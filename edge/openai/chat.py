@@ -205,6 +205,7 @@ class ChatCompletionRequest(SamplingFields):
         )
 
 
+# --- the response -----------------------------------------------------------------------------------------
 class TopLogprobOut(OpenAIModel):
     token: str
     logprob: float

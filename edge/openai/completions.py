@@ -52,6 +52,7 @@ class CompletionRequest(SamplingFields):
         return out
 
 
+# --- the response -----------------------------------------------------------------------------------------
 class CompletionLogprobs(OpenAIModel):
     tokens: list[str]
     token_logprobs: list[float | None]

@@ -14,6 +14,7 @@ from deployments.image import ImageRequest, ImageResult
 from deployments.voice import MAX_INPUT_CHARS, AudioFormat, VoiceRequest
 from edge.openai.protocol import NOT_BLANK, OpenAIModel
 
+# --- images -----------------------------------------------------------------------------------------------
 _SIDES = "|".join(str(n) for n in range(2048, 7, -8))  # the multiples of 8 up to the largest side
 SIZE_PATTERN = f"^({_SIDES})x({_SIDES})$"
 
@@ -85,7 +86,7 @@ class ImageGenerationResponse(OpenAIModel):
         )
 
 
-# --- speech ---------------------------------------------------------------------------------------------
+# --- speech -----------------------------------------------------------------------------------------------
 class SpeechRequest(OpenAIModel):
     model: str | None = Field(None, max_length=256)
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, pattern=NOT_BLANK)
