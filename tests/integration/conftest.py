@@ -407,18 +407,24 @@ DIRECT_INGRESS = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGR
 os.environ.update(DIRECT_INGRESS)
 
 
+# How often the waits below look at Serve's status, and how many looks in a row must agree. The controller's loop
+# runs every 0.1 s: two looks a quarter second apart cannot both read what it held before a deploy or a kill.
+LOOK_S = 0.25
+LOOKS = 2
+
+
 def wait_deployments_healthy(app: str, deployments: tuple[str, ...], timeout: float = READY_TIMEOUT_S) -> None:
     """Wait until Serve reports these deployments of ``app`` HEALTHY (the app may still be deploying others)."""
     from ray import serve
 
-    deadline = time.monotonic() + timeout
-    states: dict = {}
+    deadline, steady, states = time.monotonic() + timeout, 0, {}
     while time.monotonic() < deadline:
         status = serve.status().applications.get(app)
         states = {name: d.status for name, d in status.deployments.items()} if status else {}
-        if all(states.get(name) == "HEALTHY" for name in deployments):
+        steady = steady + 1 if all(states.get(name) == "HEALTHY" for name in deployments) else 0
+        if steady >= LOOKS:
             return
-        time.sleep(1)
+        time.sleep(LOOK_S)
     raise TimeoutError(f"{app}: {deployments} not all HEALTHY after {timeout}s (last: {states})")
 
 
@@ -454,11 +460,12 @@ def redeploy(deployed_app: dict):
 
 
 def wait_rolled_out(timeout: float = READY_TIMEOUT_S) -> None:
-    """Wait until every application is RUNNING with every deployment HEALTHY, three checks in a row (a rolling
-    update that has not started yet, or is between replicas, does not pass)."""
+    """Wait until every application is RUNNING with every deployment HEALTHY, looks in a row. No pause first: a
+    deploy returns once the controller holds its target (Serve's ``apply_config`` runs to its end before the REST
+    call answers), and from then every application of the config reads DEPLOYING, and a removed one DELETING, until
+    it is done; a deployment in a rolling update reads UPDATING until its last replica is replaced."""
     from ray import serve
 
-    time.sleep(2)  # let the controller take the new config
     deadline, steady, last = time.monotonic() + timeout, 0, {}
     while time.monotonic() < deadline:
         apps = serve.status().applications
@@ -467,7 +474,7 @@ def wait_rolled_out(timeout: float = READY_TIMEOUT_S) -> None:
             a.status == "RUNNING" and all(d.status == "HEALTHY" for d in a.deployments.values()) for a in apps.values()
         )
         steady = steady + 1 if done else 0
-        if steady >= 3:
+        if steady >= LOOKS:
             return
-        time.sleep(1)
+        time.sleep(LOOK_S)
     raise TimeoutError(f"the applications did not settle within {timeout}s: {last}")

@@ -168,8 +168,14 @@ def test_without_an_image_replica_the_pipeline_degrades_within_the_stage_timeout
     client: httpx.Client, deployed_app: dict, redeploy
 ) -> None:
     # The image replica cannot be placed (it asks for a resource no node has, like a lost GPU node): Ray
-    # would queue the call for minutes; the stage must give up after its timeout.
-    no_image = {"image": {"ray_actor_options": {"num_cpus": 0.25, "resources": {"lost_accelerator": 1}}}}
+    # would queue the call for minutes; the stage must give up after its timeout. (A replica that never started
+    # is still given its whole graceful shutdown when its app is removed, 20 s by default: one second here.)
+    no_image = {
+        "image": {
+            "ray_actor_options": {"num_cpus": 0.25, "resources": {"lost_accelerator": 1}},
+            "graceful_shutdown_timeout_s": 1,
+        }
+    }
     working = ("text", "voice", "recommend", "pipeline", "ingress")
     redeploy(degraded_config(deployed_app["config"], 3.0, **no_image), app="degraded", healthy=working)
     response = client.post("/degraded/v1/content", json={"topic": "storms", "user_id": "user-5"})
