@@ -16,7 +16,7 @@ import copy
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -413,19 +413,29 @@ LOOK_S = 0.25
 LOOKS = 2
 
 
+def until_steady(look: Callable[[], tuple[bool, Any]], timeout: float, what: str) -> None:
+    """Return once ``look`` reads done ``LOOKS`` times in a row, ``LOOK_S`` apart; past ``timeout``, raise with
+    its last reading. ``look`` returns (done, what it saw)."""
+    deadline, steady, seen = time.monotonic() + timeout, 0, None
+    while time.monotonic() < deadline:
+        done, seen = look()
+        steady = steady + 1 if done else 0
+        if steady >= LOOKS:
+            return
+        time.sleep(LOOK_S)
+    raise TimeoutError(f"{what} after {timeout}s (last: {seen})")
+
+
 def wait_deployments_healthy(app: str, deployments: tuple[str, ...], timeout: float = READY_TIMEOUT_S) -> None:
     """Wait until Serve reports these deployments of ``app`` HEALTHY (the app may still be deploying others)."""
     from ray import serve
 
-    deadline, steady, states = time.monotonic() + timeout, 0, {}
-    while time.monotonic() < deadline:
+    def look() -> tuple[bool, dict[str, str]]:
         status = serve.status().applications.get(app)
         states = {name: d.status for name, d in status.deployments.items()} if status else {}
-        steady = steady + 1 if all(states.get(name) == "HEALTHY" for name in deployments) else 0
-        if steady >= LOOKS:
-            return
-        time.sleep(LOOK_S)
-    raise TimeoutError(f"{app}: {deployments} not all HEALTHY after {timeout}s (last: {states})")
+        return all(states.get(name) == "HEALTHY" for name in deployments), states
+
+    until_steady(look, timeout, f"{app}: {deployments} not all HEALTHY")
 
 
 def serve_deploy(config: dict[str, Any], dashboard: str) -> None:
@@ -466,15 +476,11 @@ def wait_rolled_out(timeout: float = READY_TIMEOUT_S) -> None:
     it is done; a deployment in a rolling update reads UPDATING until its last replica is replaced."""
     from ray import serve
 
-    deadline, steady, last = time.monotonic() + timeout, 0, {}
-    while time.monotonic() < deadline:
+    def look() -> tuple[bool, dict[str, Any]]:
         apps = serve.status().applications
-        last = {name: (a.status, {d: s.status for d, s in a.deployments.items()}) for name, a in apps.items()}
         done = all(
             a.status == "RUNNING" and all(d.status == "HEALTHY" for d in a.deployments.values()) for a in apps.values()
         )
-        steady = steady + 1 if done else 0
-        if steady >= LOOKS:
-            return
-        time.sleep(LOOK_S)
-    raise TimeoutError(f"the applications did not settle within {timeout}s: {last}")
+        return done, {name: (a.status, {d: s.status for d, s in a.deployments.items()}) for name, a in apps.items()}
+
+    until_steady(look, timeout, "the applications did not settle")
