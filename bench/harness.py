@@ -200,6 +200,15 @@ def settle(idle_share: float = 0.85, window_s: float = 2.0, limit_s: float = 90.
             return idle
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds the whole host has been busy (every core, every process: the replicas, the edge, Ray's own
+    and the client) since it started; the difference of two readings is what a measurement cost the host."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of what was measured, nearest rank; NaN when nothing was."""
     if not values:

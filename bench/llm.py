@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import APP, RESULTS, ROOT, bench_config, deploy, ensure_heavy_text, local_ray, settle
+from bench.harness import APP, RESULTS, ROOT, bench_config, deploy, ensure_heavy_text, local_ray, machine, settle
 from bench.llm_guidellm import guidellm
 from bench.llm_load import MODEL, Sample, drive, measure, summarize
 from bench.llm_paced import paced_in_process, paced_streams
@@ -324,7 +324,7 @@ def run(
     ensure_tiny_models()
     calls = "by value" if by_value else "by reference"
     out = {} if out is None else out
-    out.update(profile=profile, settings=s.__dict__, calls=calls)
+    out.update(profile=profile, settings=s.__dict__, calls=calls, machine=machine())
     with tempfile.TemporaryDirectory(prefix="bench-llm-") as tmp:
         folder = Path(tmp)
         (folder / ".cache").symlink_to(ROOT / ".cache")

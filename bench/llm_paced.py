@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import deploy
+from bench.harness import app_processes, busy_cpu_s, deploy
 from bench.llm_load import Arrivals, Sample, measure, summarize
 
 # A paced stream's time per token: a large model's step, whatever this machine's engine does. At 50 ms, the heavy
@@ -50,7 +51,11 @@ def paced_streams(
             if time.monotonic() > deadline:
                 raise TimeoutError("the text replica did not take its stream pacing within 120 s")
             time.sleep(1)
-        by_streams = {str(n): measure(url, [(p, tokens) for p in prompts(n)], None, True) for n in counts}
+        replicas = [p for label, p in app_processes().items() if label.startswith("replica text ")]
+        by_streams = {
+            str(n): accounted(lambda n=n: measure(url, [(p, tokens) for p in prompts(n)], None, True), replicas)
+            for n in counts
+        }
         by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "tpot_ratio": _ratio(by_streams, counts)}
     deploy(config, dashboard, folder, "unpaced")
     return by_pace
@@ -82,11 +87,30 @@ def paced_in_process(service: Any, counts: tuple[int, ...], tokens: int) -> dict
         for pace in PACES_S:  # applied as the replica applies a new user_config in place
             faults = config.faults.model_copy(update={"stream_delay_s": pace})
             service.apply_config(config.model_copy(update={"faults": faults}))
-            by_streams = {str(n): summarize(asyncio.run(streams(n))) for n in counts}
+            by_streams = {str(n): accounted(lambda n=n: summarize(asyncio.run(streams(n)))) for n in counts}
             by_pace[f"{pace * 1000:.0f}"] = {"by_streams": by_streams, "tpot_ratio": _ratio(by_streams, counts)}
     finally:
         service.apply_config(config)
     return by_pace
+
+
+def accounted(run: Callable[[], dict[str, float]], replicas: list[Any] | None = None) -> dict[str, float]:
+    """``run``'s measurement, with the CPU it cost per output token: the whole host's (``host_cpu_ms_per_token``)
+    and, given the text ``replicas`` (psutil processes), theirs (``text_replica_cpu_ms_per_token``). On a CPU host
+    the engine and the serving path share the same cores: what the rest of the host spends a token (the ingress,
+    the edge, Ray and the client) is CPU the engine no longer has (docs/edge-measurements.md, 2026-12-08)."""
+    replicas = replicas or []
+
+    def replicas_s() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in replicas)
+
+    host, own = busy_cpu_s(), replicas_s()
+    measured = run()
+    tokens = max(1, measured["output_tokens"])
+    measured["host_cpu_ms_per_token"] = (busy_cpu_s() - host) * 1000 / tokens
+    if replicas:
+        measured["text_replica_cpu_ms_per_token"] = (replicas_s() - own) * 1000 / tokens
+    return measured
 
 
 def _ratio(by_streams: dict[str, dict[str, float]], counts: tuple[int, ...]) -> float:

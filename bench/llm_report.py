@@ -67,6 +67,7 @@ PACED_TARGETS = {  # ratio key, before "_<pace in ms>": the path (one target per
     "paced_tpot_ratio": "through Serve's proxy",
     "direct_paced_tpot_ratio": "the edge onto the ingress replicas (direct ingress)",
 }
+PACED_SECTIONS = {"paced_tpot_ratio": "continuous", "direct_paced_tpot_ratio": "direct_ingress"}  # where measured
 
 
 def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -86,10 +87,34 @@ def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ok: bool | None = {"<=": value <= bound, ">=": value >= bound}[op]
         out[name] = {"value": round(value, 3), "bound": bound, "pass": ok}
         prefix, _, ms = key.rpartition("_")
+        if prefix in PACED_TARGETS:
+            out[name].update(paced_cpu(r, PACED_SECTIONS[prefix], ms))
         engine = r["ratios"].get(f"engine_paced_tpot_ratio_{ms}") if prefix in PACED_TARGETS else None
         if engine is not None and engine > bound:
             out[name].update(engine=round(engine, 3), engine_bound=True)
             out[name]["pass"] = None  # not readable on this host: the engine alone misses it
+    return out
+
+
+def paced_cpu(r: dict[str, Any], section: str, ms: str) -> dict[str, Any]:
+    """CPU a token of the most streams at this pace: over HTTP, the text replica's and the rest of the host's (the
+    ingress, the edge, Ray and the client: the path outside the model's replica), beside the engine alone's in
+    process. Busy CPU, so an engine's threads that spin while they wait for work count too (docs/edge-measurements.md,
+    2026-12-08); empty for a run measured before the bench counted CPU."""
+    paced = r.get(section, {}).get("paced_streams", {}).get(ms)
+    most = str(max(int(n) for n in paced["by_streams"])) if paced else None
+    measured = paced["by_streams"][most] if paced else {}
+    if "text_replica_cpu_ms_per_token" not in measured:
+        return {}
+    replica = measured["text_replica_cpu_ms_per_token"]
+    out = {
+        "streams": int(most),
+        "text_replica_cpu_ms": round(replica, 2),
+        "rest_cpu_ms": round(measured["host_cpu_ms_per_token"] - replica, 2),
+    }
+    engine = r.get("engine_paced", {}).get(ms, {}).get("by_streams", {}).get(most, {})
+    if "host_cpu_ms_per_token" in engine:
+        out["engine_cpu_ms"] = round(engine["host_cpu_ms_per_token"], 2)
     return out
 
 
@@ -209,7 +234,16 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def _target_lines(r: dict[str, Any]) -> list[str]:
-    return [f"- llm: {_verdict(t)}: {n} (measured {t['value']})" for n, t in r["targets"].items()]
+    return [f"- llm: {_verdict(t)}: {n} (measured {t['value']}{_cpu_note(t)})" for n, t in r["targets"].items()]
+
+
+def _cpu_note(t: dict[str, Any]) -> str:
+    """A paced target's CPU a token over HTTP: the text replica's (the engine alone's beside it) and the rest's."""
+    if "rest_cpu_ms" not in t:
+        return ""
+    engine = f" (the engine alone {t['engine_cpu_ms']})" if "engine_cpu_ms" in t else ""
+    replica, rest = t["text_replica_cpu_ms"], t["rest_cpu_ms"]
+    return f"; CPU a token of {t['streams']} streams: text replica {replica} ms{engine}, the rest {rest}"
 
 
 def _verdict(t: dict[str, Any]) -> str:
