@@ -20,7 +20,8 @@ import pytest
 import ray
 
 from app.deploy import app_of, deployments_of, edge_url
-from tests.integration.conftest import wait_deployments_healthy, wait_healthy
+from tests.integration.conftest import wait_healthy
+from tests.integration.serve_state import wait_deployments_healthy
 
 APP = "content-studio"
 DEPLOYMENTS = ("ingress", "pipeline", "text", "image", "voice", "recommend", "embed")

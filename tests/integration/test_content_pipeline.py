@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tests.integration.conftest import extra_app, replica_reports, slow_writing, wait_rolled_out
+from tests.integration.conftest import extra_app, slow_writing
+from tests.integration.serve_state import replica_reports, wait_rolled_out
 
 APP = "content-studio"
 

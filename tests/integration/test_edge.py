@@ -32,13 +32,8 @@ from ray import serve
 from app.deploy import EDGE_IMPORT_PATH, edge_url, free_port
 from edge.admission import capacities
 from edge.haproxy import CAPPED_ROUTES
-from tests.integration.conftest import (
-    DIRECT_INGRESS,
-    replica_ids,
-    running_replicas,
-    serve_cli,
-    wait_deployments_healthy,
-)
+from tests.integration.conftest import DIRECT_INGRESS, serve_cli
+from tests.integration.serve_state import replica_ids, running_replicas, wait_deployments_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import replica_reports
+from tests.integration.serve_state import replica_reports
 
 USERS = 1000
 

@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tests.integration.conftest import serve_cli, start_cluster, stop_cluster, wait_healthy, wait_serving_version
+from tests.integration.conftest import serve_cli, start_cluster, stop_cluster, wait_healthy
+from tests.integration.serve_state import wait_serving_version
 
 
 @pytest.mark.restarts_cluster

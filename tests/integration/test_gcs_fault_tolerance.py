@@ -11,13 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import (
-    environment,
-    replica_ids,
-    wait_deployments_healthy,
-    wait_healthy,
-    wait_rolled_out,
-)
+from tests.integration.conftest import environment, wait_healthy
+from tests.integration.serve_state import replica_ids, wait_deployments_healthy, wait_rolled_out
 
 APP = "content-studio"
 DOWN_S = 10.0  # the GCS stays down at least this long...

@@ -11,7 +11,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.integration.conftest import replica_ids, slow_writing, wait_rolled_out
+from tests.integration.conftest import slow_writing
+from tests.integration.serve_state import replica_ids, wait_rolled_out
 
 APP = "content-studio"
 BODY = {"topic": "a harbour at dawn", "user_id": "job-user", "seed": 21}

@@ -13,7 +13,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.conftest import ONE_PER_NODE, wait_deployments_healthy
+from tests.integration.conftest import ONE_PER_NODE
+from tests.integration.serve_state import wait_deployments_healthy
 
 APP = "content-studio"
 

@@ -9,7 +9,7 @@ import httpx
 
 from offline.interactions import TOPICS
 from offline.tiny_models import N_COMMUNITIES, N_USERS
-from tests.integration.conftest import replica_reports, wait_serving_version
+from tests.integration.serve_state import replica_reports, wait_serving_version
 
 APP = "content-studio"
 

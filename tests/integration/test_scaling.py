@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 
 from app.deploy import ROOT, app_of, deployments_of, load, only, tiny_variant
-from tests.integration.conftest import extra_app, replica_reports, running_replicas, with_app
+from tests.integration.conftest import extra_app, with_app
+from tests.integration.serve_state import replica_reports, running_replicas
 
 MODELS = ("text", "image", "voice", "recommend")
 

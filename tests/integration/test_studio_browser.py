@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import slow_writing, wait_rolled_out
+from tests.integration.conftest import slow_writing
+from tests.integration.serve_state import wait_rolled_out
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
