@@ -63,11 +63,10 @@ LLM_TARGETS = {  # name: (ratio, comparison, bound)
         5.0,
     ),
 }
-PACED_TARGETS = {  # ratio key, before "_<pace in ms>": the path (one target per pace the run measured)
-    "paced_tpot_ratio": "through Serve's proxy",
-    "direct_paced_tpot_ratio": "the edge onto the ingress replicas (direct ingress)",
+PACED_TARGETS = {  # ratio key, before "_<pace in ms>": the path and the result's section it was measured in
+    "paced_tpot_ratio": ("through Serve's proxy", "continuous"),
+    "direct_paced_tpot_ratio": ("the edge onto the ingress replicas (direct ingress)", "direct_ingress"),
 }
-PACED_SECTIONS = {"paced_tpot_ratio": "continuous", "direct_paced_tpot_ratio": "direct_ingress"}  # where measured
 
 
 def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -75,9 +74,8 @@ def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for key in r["ratios"]:
         prefix, _, ms = key.rpartition("_")
         if prefix in PACED_TARGETS:
-            name = (
-                f"time per token p50 of the most streams paced at {ms} ms <= 1.1x the fewest's, {PACED_TARGETS[prefix]}"
-            )
+            path = PACED_TARGETS[prefix][0]
+            name = f"time per token p50 of the most streams paced at {ms} ms <= 1.1x the fewest's, {path}"
             targets[name] = (key, "<=", 1.1)
     out: dict[str, dict[str, Any]] = {}
     for name, (key, op, bound) in targets.items():
@@ -87,9 +85,10 @@ def llm_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ok: bool | None = {"<=": value <= bound, ">=": value >= bound}[op]
         out[name] = {"value": round(value, 3), "bound": bound, "pass": ok}
         prefix, _, ms = key.rpartition("_")
-        if prefix in PACED_TARGETS:
-            out[name].update(paced_cpu(r, PACED_SECTIONS[prefix], ms))
-        engine = r["ratios"].get(f"engine_paced_tpot_ratio_{ms}") if prefix in PACED_TARGETS else None
+        if prefix not in PACED_TARGETS:
+            continue
+        out[name].update(paced_cpu(r, PACED_TARGETS[prefix][1], ms))
+        engine = r["ratios"].get(f"engine_paced_tpot_ratio_{ms}")
         if engine is not None and engine > bound:
             out[name].update(engine=round(engine, 3), engine_bound=True)
             out[name]["pass"] = None  # not readable on this host: the engine alone misses it
